@@ -1,0 +1,39 @@
+# accelerando: `make book` builds the thesis book, `make test` runs the tests.
+# Both create the environment first (a venv in .venv with pinned packages, vendored JavaScript).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+VENDOR := book/vendor/.installed
+
+.PHONY: book test setup vendor chapter check-offline clean
+
+book: setup vendor                 ## execute changed chapters, then build book/_build/html strictly
+	$(PY) -m accelerando.book build
+
+test: setup vendor                 ## unit tests, smoke runs of every chapter, nbval, strict HTML build
+	WANDB_MODE=disabled $(PY) -m pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"accelerando needs Python 3.11, {sys.executable} is {sys.version.split()[0]}: run make PYTHON=python3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[book,test]" -c constraints.txt
+	touch $@
+
+vendor: $(VENDOR)
+
+$(VENDOR): package.json package-lock.json scripts/vendor_js.sh
+	bash scripts/vendor_js.sh
+	touch $@
+
+chapter: setup                     ## make chapter NAME=01_baselines [SET=gpu] [ARGS="-p preset small"]
+	$(PY) -m accelerando.book run $(NAME) --set $(or $(SET),default) $(ARGS)
+
+check-offline:                     ## render pages in headless Chromium with the network off
+	$(PY) scripts/check_offline.py book/_build/html/book/intro.html book/_build/html/book/chapters/01_baselines.html
+
+clean:                             ## remove built HTML, scratch runs and caches (keeps executed chapters)
+	rm -rf book/_build runs .cache .pytest_cache
