@@ -80,6 +80,26 @@ def test_cache_key_follows_parameters():
     assert cache_key(chapter, smoke) != cache_key(chapter, {**smoke, "seed": 1})
 
 
+def test_a_result_is_current_until_its_source_parameters_or_library_change(tmp_path, monkeypatch):
+    from accelerando import record as record_module
+
+    chapter = chapter_names()[0]
+    params = resolve_params(chapter, "smoke")
+    lib = tmp_path / "lib"
+    (lib / "accelerando").mkdir(parents=True)
+    module = lib / "accelerando" / "used.py"
+    module.write_text("x = 1\n")
+    monkeypatch.setattr(record_module, "LIBRARY_ROOT", lib)
+    notebook = tmp_path / f"{chapter}.ipynb"
+    notebook.write_text("{}")
+    saved = {"cache_key": cache_key(chapter, params), "library": record_module.library_hashes(["accelerando/used.py"])}
+    (tmp_path / f"{chapter}.json").write_text(json.dumps(saved))
+    assert book.is_current(chapter, params, notebook, tmp_path)
+    assert not book.is_current(chapter, {**params, "seed": 7}, notebook, tmp_path)
+    module.write_text("x = 2\n")
+    assert not book.is_current(chapter, params, notebook, tmp_path)
+
+
 def test_failing_chapter_fails_loudly_and_keeps_the_previous_result(scratch_book):
     out = scratch_book / "book" / "99_fails.ipynb"
     out.parent.mkdir()

@@ -10,8 +10,9 @@ named sets (`smoke` for the tests, `gpu` for readers with CUDA). Execution goes 
     python -m accelerando.book params 01_baselines               # list parameters and sets
     python -m accelerando.book build                             # every chapter, then the HTML
 
-`build` re-executes a chapter only when its source, the library or its parameters changed (the key
-is stored in the chapter's run record), and a failing chapter stops the build with its traceback.
+`build` re-executes a chapter only when its source, its parameters or a library module it imported
+changed (both are stored in the chapter's run record), and a failing chapter stops the build with
+its traceback.
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ from pathlib import Path
 import yaml
 
 from .machine import REPO_ROOT
-from .record import RECORD_DIR_ENV
+from .record import BOOK_RECORD_DIR, RECORD_DIR_ENV, library_hashes
 
 CHAPTERS = REPO_ROOT / "chapters"
 BOOK = REPO_ROOT / "book"
-LIBRARY = REPO_ROOT / "lib" / "accelerando"
 PARAM_SETS = ("default", "smoke", "gpu")
 
 
@@ -129,12 +129,14 @@ def _check_type(chapter: str, name: str, default, value) -> None:
 
 
 def cache_key(chapter: str, params: dict) -> str:
-    """Hash of the chapter source, every library source file and the resolved parameters."""
+    """Hash of the chapter source and its resolved parameters.
+
+    The library is checked separately (`is_current`): the run record lists the hash of every
+    accelerando module the chapter's kernel had loaded, so a change to a module the chapter never
+    imports does not re-execute it.
+    """
     h = hashlib.sha256()
     h.update(chapter_source(chapter).read_bytes())
-    for path in sorted(LIBRARY.rglob("*.py")):
-        h.update(str(path.relative_to(LIBRARY)).encode())
-        h.update(path.read_bytes())
     h.update(json.dumps(params, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -148,7 +150,7 @@ def output_paths(chapter: str, param_set: str, overridden: bool = False) -> tupl
     another set go to runs/<set>/ and runs with overrides to runs/custom/, so they never replace
     the book's results."""
     if param_set == "default" and not overridden:
-        return BOOK / "chapters" / f"{chapter}.ipynb", BOOK / "records"
+        return BOOK / "chapters" / f"{chapter}.ipynb", BOOK_RECORD_DIR
     base = REPO_ROOT / "runs" / ("custom" if overridden else param_set)
     return base / f"{chapter}.ipynb", base / "records"
 
@@ -157,7 +159,10 @@ def is_current(chapter: str, params: dict, notebook: Path, record_dir: Path) -> 
     record = record_dir / f"{chapter}.json"
     if not (notebook.exists() and record.exists()):
         return False
-    return json.loads(record.read_text()).get("cache_key") == cache_key(chapter, params)
+    saved = json.loads(record.read_text())
+    if saved.get("cache_key") != cache_key(chapter, params) or not saved.get("library"):
+        return False
+    return saved["library"] == library_hashes(saved["library"])
 
 
 def run_chapter(

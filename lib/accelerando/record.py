@@ -1,7 +1,8 @@
 """The run record: every number a chapter reports, with what produced it.
 
 A chapter opens a `RunRecord` with its parameters, logs each measurement and each figure quoted in
-its prose, and saves at the end. The JSON file (in `book/records/` for the book's own runs) holds
+its prose, and saves at the end. The JSON file (in `book/records/` for the book's own runs, see
+RECORD_DIR_ENV) holds
 parameters, seed, git commit, package versions and hardware next to the figures, and the same
 figures go to Weights & Biases in offline mode (`WANDB_MODE=disabled` turns that off; nothing is
 ever sent over the network unless a reader sets `WANDB_MODE=online` themselves).
@@ -13,18 +14,24 @@ in a chapter, ``{glue:text}`name:.1f` `` renders the figure `name`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
+import numbers
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .machine import REPO_ROOT, git_commit, hardware, package_versions
 
-# Where records go: the book's own runs write to book/records; the chapter runner points test and
-# ad-hoc runs elsewhere through this variable so they never overwrite the book's record.
+# Where records go. The chapter runner (accelerando.book) sets this variable: book/records for the
+# book's own runs, runs/<set>/records otherwise. A chapter run by hand (Jupyter, plain papermill)
+# writes to runs/records, so it never overwrites the book's results record.
 RECORD_DIR_ENV = "ACCELERANDO_RECORD_DIR"
-DEFAULT_RECORD_DIR = REPO_ROOT / "book" / "records"
+DEFAULT_RECORD_DIR = REPO_ROOT / "runs" / "records"
+BOOK_RECORD_DIR = REPO_ROOT / "book" / "records"
+LIBRARY_ROOT = REPO_ROOT / "lib"
 
 
 def _jsonable(value: Any) -> Any:
@@ -77,8 +84,10 @@ class RunRecord:
 
     def figure(self, name: str, value: float, unit: str | None = None, note: str | None = None):
         """Record a figure the prose quotes and glue it for `{glue:text}`; returns the value."""
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"figure {name!r} must be a real number, got {type(value).__name__}")
+        # plain Python numbers: numpy scalars would be glued as 'np.float64(...)'
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
         if not math.isfinite(value):
             raise ValueError(f"figure {name!r} is {value}: a quoted figure must be a finite number")
         self.data["figures"][name] = {"value": value, "unit": unit, "note": note}
@@ -90,6 +99,7 @@ class RunRecord:
     def save(self) -> Path:
         """Write the record as JSON (and close the wandb run); returns the file's path."""
         self.data["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.data["library"] = library_hashes(_loaded_library_files())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(_jsonable(self.data), indent=1) + "\n")
         if self._wandb is not None:
@@ -98,9 +108,34 @@ class RunRecord:
         return self.path
 
 
+def _loaded_library_files() -> list[str]:
+    """Library source files (relative to lib/) of every accelerando module imported so far."""
+    files = []
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (name == "accelerando" or name.startswith("accelerando.")) and path:
+            path = Path(path).resolve()
+            if path.is_relative_to(LIBRARY_ROOT):
+                files.append(str(path.relative_to(LIBRARY_ROOT)))
+    return sorted(files)
+
+
+def library_hashes(files) -> dict[str, str | None]:
+    """sha256 (16 hex digits) of each library file, None for a file that no longer exists.
+
+    Stored in a run record, these tell the chapter runner whether the code a chapter used has
+    changed since it ran.
+    """
+    hashes = {}
+    for rel in sorted(files):
+        path = LIBRARY_ROOT / rel
+        hashes[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else None
+    return hashes
+
+
 def load_record(chapter: str, record_dir: str | Path | None = None) -> dict:
-    """Read a saved run record back (for later chapters that build on earlier results)."""
-    path = Path(record_dir or os.environ.get(RECORD_DIR_ENV) or DEFAULT_RECORD_DIR) / f"{chapter}.json"
+    """Read a saved run record back (default: the book's, for chapters that build on earlier results)."""
+    path = Path(record_dir or BOOK_RECORD_DIR) / f"{chapter}.json"
     if not path.exists():
         raise FileNotFoundError(f"no run record at {path}: execute chapter {chapter!r} first (make book)")
     return json.loads(path.read_text())

@@ -28,6 +28,14 @@ def latent_frames(vae, seconds: float) -> int:
     return math.ceil(seconds * vae.config.sampling_rate / vae.hop_length)
 
 
+def rotary_table(transformer, tokens: int, device="cpu", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) rotary tables for `tokens` positions, as the pipeline makes them (half of each head)."""
+    cos, sin = get_1d_rotary_pos_embed(
+        transformer.config.attention_head_dim // 2, tokens, use_real=True, repeat_interleave_real=False
+    )
+    return cos.to(device, dtype), sin.to(device, dtype)
+
+
 def dit_inputs(pipe, frames: int, batch: int = 1, device="cpu", dtype=torch.float32, generator=None) -> dict:
     """Keyword arguments of one `StableAudioDiTModel` call as the pipeline makes them.
 
@@ -38,15 +46,12 @@ def dit_inputs(pipe, frames: int, batch: int = 1, device="cpu", dtype=torch.floa
     cfg = pipe.transformer.config
     text_len = pipe.tokenizer.model_max_length + TIMING_TOKENS
     shape = lambda *s: torch.randn(*s, generator=generator).to(device=device, dtype=dtype)  # noqa: E731
-    rotary = get_1d_rotary_pos_embed(
-        cfg.attention_head_dim // 2, frames + 1, use_real=True, repeat_interleave_real=False
-    )
     return {
         "hidden_states": shape(batch, cfg.in_channels, frames),
         "timestep": torch.tensor([500.0], device=device),
         "encoder_hidden_states": shape(batch, text_len, cfg.cross_attention_input_dim),
         "global_hidden_states": shape(batch, 1, cfg.global_states_input_dim),
-        "rotary_embedding": tuple(r.to(device=device, dtype=dtype) for r in rotary),
+        "rotary_embedding": rotary_table(pipe.transformer, frames + 1, device, dtype),
         "return_dict": False,
     }
 
@@ -141,12 +146,7 @@ def dit_block_split(
         x = torch.randn(1, tokens, inner, generator=gen).to(device, dtype)
         ctx = torch.randn(1, pipe.tokenizer.model_max_length + TIMING_TOKENS, tr.config.cross_attention_dim, generator=gen)
         ctx = ctx.to(device, dtype)
-        rotary = tuple(
-            r.to(device, dtype)
-            for r in get_1d_rotary_pos_embed(
-                tr.config.attention_head_dim // 2, tokens, use_real=True, repeat_interleave_real=False
-            )
-        )
+        rotary = rotary_table(tr, tokens, device, dtype)
         normed = block.norm1(x)
         parts = {
             "dit_block": lambda: block(x, encoder_hidden_states=ctx, rotary_embedding=rotary),
@@ -205,7 +205,8 @@ def musicgen_decode_sweep(
 
     A decoding step emits one token for each of the K codebooks, i.e. one audio frame (1/50 s for
     MusicGen's 32 kHz EnCodec). With a cache it attends to L cached keys; without one it recomputes
-    the whole prefix, one forward over L frames (timed once: it is the expensive one). `cfg`
+    the whole prefix, one forward over L frames (no warm-up: the cached steps before it warmed the
+    same code). `cfg`
     doubles the batch (conditional and unconditional), as classifier-free guidance does.
     `flops_model`, if given, is the same architecture on the meta device, for the FLOP counts.
     """
@@ -216,12 +217,12 @@ def musicgen_decode_sweep(
     for L in context_frames:
         calls = musicgen_step_calls(model, L, batch, device=device)
         meta = musicgen_step_calls(flops_model, L, batch, device="meta") if flops_model is not None else {}
-        for name, component, reps, warm in (
-            ("no_cache", "musicgen_step_no_cache", 1, 0),
-            ("kv_cache", "musicgen_step_kv_cache", repeats, warmup),
+        for name, component, warm in (
+            ("no_cache", "musicgen_step_no_cache", 0),
+            ("kv_cache", "musicgen_step_kv_cache", warmup),
         ):
             rec = measure(
-                calls[name], component=component, audio_seconds=1 / frame_rate, warmup=warm, repeats=reps,
+                calls[name], component=component, audio_seconds=1 / frame_rate, warmup=warm, repeats=repeats,
                 budget_s=budget_s, device=device, flops=count_flops(meta[name]) if meta else None,
                 context_frames=L, cfg=cfg,
             )

@@ -9,17 +9,16 @@ config with random weights, or loaded from a local copy of that repository.
 
 Presets (same classes; same audio geometry: 44.1 kHz stereo, hop 2048 samples = 21.5 frames/s):
     full   the published configs exactly: DiT 1057 M, VAE 156 M, T5-base encoder 110 M params.
-           One DiT forward on 10 s of audio (215 frames): ~3.3 s here (2 threads).
     small  64 latent channels like full; DiT 16 heads x 64 = 1024 wide, 12 layers (237 M), VAE
-           decoder 4x narrower (8.7 M), t5-small-shaped encoder (35 M). One DiT forward on 10 s:
-           ~0.8 s (2 threads), ~1.4 s (1 thread); VAE decode of 10 s ~4 s.
-    tiny   for tests: 8 latent channels, 32 frames (1.49 s) at most; builds in ~0.1 s, a whole
-           2-step pipeline call takes ~0.1 s.
+           decoder 4x narrower (8.7 M), t5-small-shaped encoder (35 M): a forward costs roughly a
+           quarter of full's (Chapter 1 and `python -m accelerando.bench baseline` measure both).
+    tiny   for tests: 8 latent channels, 32 frames (1.49 s) at most; builds and runs in
+           milliseconds.
 
 Cost trap: `StableAudioPipeline.__call__` always denoises `transformer.config.sample_size` frames
-(1024 = 47.55 s for full and small) and crops the decoded waveform to `audio_end_in_s`. A small
-pipeline call with CFG therefore costs ~7.6 s per step plus a ~24 s VAE decode whatever the
-requested length; for 10 s experiments call the transformer and VAE on 215 frames directly.
+(1024 = 47.55 s for full and small) and crops the decoded waveform to `audio_end_in_s`: every
+call pays for 47.55 s whatever length is asked for. For shorter experiments call the transformer
+and VAE on fewer frames directly (as accelerando.bench.baseline does).
 """
 
 from __future__ import annotations
