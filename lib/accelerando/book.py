@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -196,6 +197,7 @@ def run_chapter(
     os.environ[RECORD_DIR_ENV] = str(record_dir)  # the kernel inherits it: RunRecord writes there
     nb = read_chapter(chapter)
     injected = {**param_sets(chapter)[param_set], **(overrides or {})}  # validated above
+    started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_out = Path(tmp) / out.name
         try:
@@ -214,20 +216,24 @@ def run_chapter(
                 f"{tb}\nThe failed notebook is at {failed}; the previous result is untouched."
             ) from None
         shutil.move(tmp_out, out)
-    _stamp_record(chapter, record_dir, key, param_set, params)
+    _stamp_record(chapter, record_dir, key, param_set, params, started)
     print(f"[book] {chapter}: wrote {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}", flush=True)
     return out
 
 
-def _stamp_record(chapter: str, record_dir: Path, key: str, param_set: str, params: dict) -> None:
-    """Add the runner's view (cache key, set name, resolved parameters) to the chapter's record."""
+def _stamp_record(chapter: str, record_dir: Path, key: str, param_set: str, params: dict, started: float) -> None:
+    """Check the record the run saved holds the parameters it ran with; add the cache key and set."""
     path = record_dir / f"{chapter}.json"
-    if not path.exists():
+    if not path.exists() or path.stat().st_mtime < started:
         raise ChapterError(f"chapter {chapter!r} ran but saved no run record at {path}: it must call RunRecord.save()")
     record = json.loads(path.read_text())
-    missing = set(params) - set(record.get("params", {}))
-    if missing:
-        raise ChapterError(f"chapter {chapter!r}'s record lacks parameters {sorted(missing)}: pass them to RunRecord")
+    recorded = record.get("params", {})
+    wrong = sorted(k for k in params if k not in recorded or recorded[k] != json.loads(json.dumps(params[k])))
+    if wrong:
+        raise ChapterError(
+            f"chapter {chapter!r}'s run record does not hold the parameters it ran with: {wrong}; "
+            "pass every parameter, unchanged, to RunRecord(params=...)"
+        )
     record.update(cache_key=key, param_set=param_set)
     path.write_text(json.dumps(record, indent=1) + "\n")
 

@@ -10,6 +10,7 @@ The rules every benchmark in the book follows:
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -166,6 +167,9 @@ def measure(
         "rtf": lat_min / audio_seconds if audio_seconds else None,
         "threads": torch.get_num_threads(),
         "device": device.type,
+        # runnable processes averaged over the last minute: above the thread count, something else
+        # competed for the cores and the latency is inflated
+        "load_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         **extra,
     }
 
