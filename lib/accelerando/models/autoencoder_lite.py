@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderOobleck
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoint import load_checked, save_fp16
 from .common import seeded_build
 
 # The AutoencoderOobleck keyword arguments of Stable-Audio-Lite (see the module docstring).
@@ -123,14 +123,10 @@ def _check_config(config: dict) -> None:
 def save_autoencoder_lite(vae: AutoencoderOobleck, path: str | Path, extra: dict | None = None) -> Path:
     """Write `vae` to directory `path`: fp16 safetensors plus config.json (and `extra` metadata
     in it, e.g. training steps and validation numbers). Returns the directory."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in vae.state_dict().items()}
-    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": str(FORMAT_VERSION)})
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vae.config.items() if not k.startswith("_")}
     meta = {"class": "AutoencoderOobleck", "format": FORMAT_VERSION, "config": config, **(extra or {})}
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-    return path
+    return save_fp16(vae, path, weights_name=WEIGHTS_FILE, config_name=CONFIG_FILE, meta=meta,
+                     metadata={"format": str(FORMAT_VERSION)})
 
 
 def load_autoencoder_lite(
@@ -175,17 +171,5 @@ def load_autoencoder_lite(
     _check_config(config)
     with seeded_build(0, "cpu"):
         vae = AutoencoderOobleck(**config)
-    state = load_file(str(path / WEIGHTS_FILE))
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        lacking, unknown = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-        raise ValueError(
-            f"{path / WEIGHTS_FILE} does not match its config.json: {len(lacking)} missing tensors "
-            f"{lacking[:3]}, {len(unknown)} unexpected {unknown[:3]}, {len(wrong)} of another shape "
-            f"{[(k, found[k], expected[k]) for k in wrong[:3]]}. The files come from different runs "
-            f"or were damaged. {fix}"
-        )
-    vae.load_state_dict({k: v.float() for k, v in state.items()})
+    load_checked(vae, path / WEIGHTS_FILE, fix)
     return nn.Module.to(vae, device=device, dtype=dtype).eval()

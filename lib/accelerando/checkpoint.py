@@ -1,0 +1,46 @@
+"""Small trained checkpoints: fp16 safetensors weights beside a config.json.
+
+The models this project trains are committed (a few MB each), so weights are stored in half
+precision and always loaded against the architecture their config.json describes: a mismatch is
+an error naming the tensors, never a partial load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+def save_fp16(module: nn.Module, directory: str | Path, *, weights_name: str, config_name: str, meta: dict,
+              metadata: dict[str, str] | None = None) -> Path:
+    """Write `module`'s state dict (floats as fp16) to directory/weights_name and `meta` as JSON
+    to directory/config_name. Returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).cpu().contiguous()
+             for k, v in module.state_dict().items()}
+    save_file(state, str(directory / weights_name), metadata=metadata)
+    (directory / config_name).write_text(json.dumps(meta, indent=1) + "\n")
+    return directory
+
+
+def load_checked(module: nn.Module, weights_path: str | Path, fix: str = "") -> nn.Module:
+    """Load safetensors weights into `module` (cast to its dtypes) after checking that names and
+    shapes match exactly; otherwise a ValueError lists missing, unexpected and misshapen tensors."""
+    state = load_file(str(weights_path))
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{weights_path} does not match its config.json: {len(missing)} missing tensors {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} of another shape "
+            f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}. The files come from "
+            f"different runs or were damaged. {fix}".rstrip()
+        )
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return module
