@@ -68,7 +68,7 @@ def test_embeddings_are_normalised_with_the_right_shapes(model):
 
 def test_other_sample_rates_are_resampled_and_bad_audio_refused(model):
     a32 = model.embed_audio(tones(2, sr=SR), SR)
-    a16 = model.embed_audio(tones(2, sr=16_000), 16_000)  # same tones at 16 kHz: resampled to 32 kHz
+    a16 = model.embed_audio(tones(2, sr=16_000), 16_000)  # same tones at 16 kHz: resampled to 22.05 kHz
     assert a16.shape == a32.shape
     assert (a16 * a32).sum(-1).min() > 0.9
     bad = tones(2)
@@ -137,3 +137,107 @@ def test_metrics_clap_score_hook_uses_the_model(model):
     np.testing.assert_allclose(scores, (a * t).sum(-1).numpy(), atol=1e-5)
     stereo = [w.repeat(2, 1) for w in clips]
     np.testing.assert_allclose(clap_score(stereo, SR, texts, model=model.scorer()), scores, atol=1e-5)
+
+
+# -- augmentation and side features ---------------------------------------------------------------------
+
+
+def fake_clip(key="D major", pc=2, mode="major", bpm=90.0, start=None, end=None, caption=None):
+    from types import SimpleNamespace
+
+    start, end = start or bpm, end or bpm
+    tempo = f"at {round(bpm)} BPM" if start == end else f"slowing down from {round(start)} to {round(end)} BPM"
+    return SimpleNamespace(
+        caption=caption or f"A four-part chorale in {key} for string quartet {tempo}, in 4/4, with light drums",
+        key={"name": key, "pitch_class": pc, "mode": mode}, tempo_bpm=bpm, genre="chorale",
+        instruments=[{"name": n, "family": f, "is_drum": d} for n, f, d in
+                     [("Violin", "Strings", False), ("Viola", "Strings", False), ("Cello", "Strings", False),
+                      ("Standard Drum Kit", "Drums", True)]],
+        meta={"ensemble": "string_quartet", "drums": "light", "tempo_start_bpm": start, "tempo_end_bpm": end},
+    )
+
+
+def test_shift_rewrites_key_and_tempo_in_the_corpus_spelling():
+    from accelerando.train.clap import rewrite_caption, shift_truth
+
+    clip = fake_clip()
+    assert rewrite_caption(clip.caption, clip, 0) == clip.caption
+    up = rewrite_caption(clip.caption, clip, 2)  # tempo x 2^(2/12) = 1.1225: 90 -> 101
+    assert up == "A four-part chorale in E major for string quartet at 101 BPM, in 4/4, with light drums"
+    assert "Bb major" in rewrite_caption(clip.caption, clip, -4) and "71 BPM" in rewrite_caption(clip.caption, clip, -4)
+    # wrap-around and the corpus's spellings (Db major, C# minor), mode kept
+    assert shift_truth(fake_clip("B major", 11), 2)["key"] == "Db major"
+    assert shift_truth(fake_clip("C major", 0), -1)["key"] == "B major"
+    assert shift_truth(fake_clip("C minor", 0, "minor"), 1)["key"] == "C# minor"
+    ramp = fake_clip("A minor", 9, "minor", bpm=55.0, start=60.0, end=50.0)
+    assert "slowing down from 67 to 56 BPM" in rewrite_caption(ramp.caption, ramp, 2)
+    assert "B minor" in rewrite_caption(ramp.caption, ramp, 2)
+
+
+def test_augmented_captions_come_from_the_ground_truth():
+    import re
+
+    from accelerando.train.clap import augment_caption, key_prompt
+
+    clip, rng = fake_clip(), np.random.default_rng(0)
+    keys = {"C major", "C# major", "Db major", "D major", "Eb major", "E major", "F major", "F# major", "G major",
+            "Ab major", "A major", "Bb major", "B major"}
+    seen = set()
+    for k in (0, 0, 3, -2) * 50:
+        text = augment_caption(clip, rng, k)
+        seen.add(text)
+        truth_key = {0: "D major", 3: "F major", -2: "C major"}[k]
+        assert {x for x in keys if re.search(rf"\b{re.escape(x)}", text)} <= {truth_key}, text
+        assert set(re.findall(r"(\d+) BPM", text)) <= {str(round(90 * 2 ** (k / 12)))}, text
+        assert not text.lower().startswith("music "), text  # not the zero-shot prompts
+        assert text != key_prompt(truth_key)
+    assert len(seen) > 30  # many variants
+    assert clip.caption in seen  # the corpus caption is one of them
+    assert any(t in seen for t in ("D major", "in D major", "in the key of D major"))  # key alone
+    assert any(re.fullmatch(r"(at |tempo )?90 BPM", t) for t in seen)  # tempo alone
+
+
+def test_random_crops_shift_pitch_by_resampling():
+    from accelerando.train.clap import random_crops
+
+    sr, n = 8000, 8000
+    t = torch.arange(3 * sr) / sr
+    wavs = [torch.sin(2 * torch.pi * 440 * t)]
+    rng = np.random.default_rng(0)
+    for k, hz in ((0, 440.0), (3, 440 * 2 ** 0.25), (-3, 440 * 2 ** -0.25)):
+        crop = random_crops(wavs, np.array([0]), n, rng, np.array([k]))[0]
+        peak = float(torch.fft.rfft(crop * torch.hann_window(n)).abs().argmax()) * sr / n
+        assert abs(peak - hz) < 2, (k, peak, hz)
+
+
+def test_identical_captions_in_a_batch_are_not_negatives():
+    x = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    a = torch.stack([x[0], x[0], x[1], x[2]])  # clips 0 and 1 share a caption (and here their audio)
+    plain = contrastive_loss(a, a, torch.tensor(20.0))
+    same = torch.tensor([[True, True, False, False], [True, True, False, False],
+                         [False, False, True, False], [False, False, False, True]])
+    assert contrastive_loss(a, a, torch.tensor(20.0), same) < plain - 0.3
+
+
+def test_chroma_and_tempo_profiles():
+    from accelerando.models.clap_lite import ChromaProfile, LogMel, TempoProfile
+
+    c = clap_lite_config("tiny", pitch_classes=12, tempo_bins=48)
+    sr = c.sample_rate
+    t = torch.arange(4 * sr) / sr
+    a440 = torch.sin(2 * torch.pi * 440 * t)[None]
+    logmel = LogMel(c)
+    chroma = ChromaProfile(c)(logmel.power(a440))[0]
+    assert int(chroma[:12].argmax()) == 9  # A
+    from accelerando.music import key_correlations  # the key correlations are the corpus's, in torch
+
+    np.testing.assert_allclose(chroma[12:].numpy(), key_correlations(chroma[:12].numpy()).reshape(-1), atol=1e-5)
+    clicks = torch.zeros(1, 4 * sr)
+    clicks[0, :: sr // 2] = 1.0  # 120 BPM
+    prof = TempoProfile(c)(logmel(clicks + 1e-3 * torch.randn_like(clicks)))[0]
+    bpm = torch.logspace(np.log10(30), np.log10(240), 48)
+    best = bpm[prof[bpm < 200].argmax()]  # multiples of the beat period peak too (60, 40, 30 BPM)
+    assert min(abs(best - b) for b in (120, 60, 40, 30)) < 6
+    m = CLAPLite(c)
+    assert m.audio_tower.out_dim == c.channels[-1] + 36 + 48
+    assert m.embed_audio(tones(2, sr=sr), sr).shape == (2, c.embed_dim)

@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from .machine import REPO_ROOT
+from .players import NOTEBOOK_DIR_ENV
 from .record import BOOK_RECORD_DIR, RECORD_DIR_ENV, library_hashes
 
 CHAPTERS = REPO_ROOT / "chapters"
@@ -195,6 +196,7 @@ def run_chapter(
     out.parent.mkdir(parents=True, exist_ok=True)
     record_dir.mkdir(parents=True, exist_ok=True)
     os.environ[RECORD_DIR_ENV] = str(record_dir)  # the kernel inherits it: RunRecord writes there
+    os.environ[NOTEBOOK_DIR_ENV] = str(out.parent)  # audio players link files relative to the notebook
     nb = read_chapter(chapter)
     injected = {**param_sets(chapter)[param_set], **(overrides or {})}  # validated above
     started = time.time()
@@ -253,7 +255,12 @@ def build_html(strict: bool = True) -> Path:
     """Jupyter Book 1.x HTML build of the whole book (warnings are errors when strict)."""
     cmd = jupyter_book_command(BOOK, strict)
     subprocess.run(cmd, check=True, cwd=REPO_ROOT)
-    return BOOK / "_build" / "html" / "index.html"
+    html = BOOK / "_build" / "html"
+    # Chapters' audio players point at ../audio/<chapter>/*.ogg from book/chapters/: Sphinx does
+    # not know these files, so they are copied to the same place relative to the HTML pages.
+    if (BOOK / "audio").is_dir():
+        shutil.copytree(BOOK / "audio", html / "book" / "audio", dirs_exist_ok=True)
+    return html / "index.html"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,26 +8,29 @@ cores is out of reach, so Stable-Audio-Lite trains its own, much smaller one on 
 
 Choices (all in `AUTOENCODER_LITE_CONFIG`, which is plain data):
     mono        The offline corpus is rendered mono (`CorpusConfig.channels=1`), and every layer
-                that runs at the full 44.1 kHz rate costs in proportion to its width, which mono
+                that runs at the full sample rate costs in proportion to its width, which mono
                 halves on the decoder's output side. Stereo material is downmixed before encoding.
-    hop 2048    The real model's strides [2, 4, 4, 8, 8]: the DiT sees the same 44100 / 2048 =
-                21.5 latent frames per second, so sequence lengths (and every attention / caching
-                result measured on them) carry over. A smaller hop would not make training cheaper:
-                the full-rate layers dominate the cost, and they run before the first stride.
-    32 latents  Same compression as the real model: 64 channels per 2 x 2048 stereo samples
-                = 32 channels per 2048 mono samples (64x fewer numbers than the waveform).
+    22.05 kHz   The full-rate layers dominate the cost of a training step, so half the published
+                rate halves it (measured: 1.05 s per step of 4 x 0.74 s crops at 22.05 kHz with 16
+                latents, 5-6 s at 44.1 kHz with 32 latents, on 2 cores). The General MIDI
+                soundfont the corpus is rendered with has little energy above 11 kHz.
+    hop 1024    Strides [2, 4, 4, 4, 8]: 22050 / 1024 = 21.5 latent frames per second, the real
+                model's rate, so sequence lengths (and every attention / caching result measured
+                on them) carry over.
+    16 latents  Same compression as the real model: 64 channels per 2 x 2048 stereo samples at
+                44.1 kHz = 16 channels per 1024 mono samples (64x fewer numbers than the waveform).
     widths      diffusers ties the encoder's full-rate width to its output (encoder_hidden_size =
-                2 x latent channels, mean and scale), so the encoder runs 64 channels at 44.1 kHz;
-                the decoder runs 32 there (the real model: 128 and 128). Deeper, slower blocks widen
+                2 x latent channels, mean and scale), so both the encoder and the decoder run 32
+                channels at the full rate (the real model: 128 and 128). Deeper blocks widen
                 (channel_multiples up to 8) where they are cheap.
 
-Size: encoder 7.35 M, decoder 1.88 M, 9.2 M parameters in all (18 MB in fp16); the real VAE has
-156 M. One training step on 4 x 0.74 s crops costs about 4 s on two CPU cores (see
-`accelerando.train.autoencoder`).
+Size: 7.1 M parameters (14 MB in fp16); the real VAE has 156 M. One training step on 4 x 0.74 s
+crops costs about 1.05 s on two idle CPU cores and 2.1 s on one (the committed checkpoint: 1,509
+steps in 55 minutes on one thread; see `accelerando.train.autoencoder` and checkpoints/README.md).
 
     vae = build_autoencoder_lite()                        # random weights, seeded
-    z = vae.encode(wav).latent_dist.mode()                # wav [B, 1, S] -> z [B, 32, S // 2048]
-    wav_hat = vae.decode(z).sample                        # [B, 1, frames x 2048]
+    z = vae.encode(wav).latent_dist.mode()                # wav [B, 1, S] -> z [B, 16, S // 1024]
+    wav_hat = vae.decode(z).sample                        # [B, 1, frames x 1024]
     vae = load_autoencoder_lite("checkpoints/autoencoder_lite")   # fp16 safetensors + config.json
 """
 
@@ -46,34 +49,34 @@ from .common import seeded_build
 
 # The AutoencoderOobleck keyword arguments of Stable-Audio-Lite (see the module docstring).
 AUTOENCODER_LITE_CONFIG = dict(
-    encoder_hidden_size=64,  # full-rate encoder width; = 2 x decoder_input_channels (mean, scale)
-    downsampling_ratios=[2, 4, 4, 8, 8],  # as published: hop 2048 = 21.5 frames/s at 44.1 kHz
-    channel_multiples=[1, 2, 4, 4, 8],  # published [1, 2, 4, 8, 16]; capped where channels are cheap
+    encoder_hidden_size=32,  # full-rate encoder width; = 2 x decoder_input_channels (mean, scale)
+    downsampling_ratios=[2, 4, 4, 4, 8],  # hop 1024 at 22.05 kHz = 21.5 frames/s, as published at 44.1 kHz
+    channel_multiples=[1, 2, 4, 8, 8],  # published [1, 2, 4, 8, 16]; capped where channels are cheap
     decoder_channels=32,  # full-rate decoder width (published 128)
-    decoder_input_channels=32,  # latent channels (published 64 for stereo; see "32 latents")
+    decoder_input_channels=16,  # latent channels (published 64 for stereo; see "16 latents")
     audio_channels=1,  # mono
-    sampling_rate=44100,
+    sampling_rate=22050,
 )
 
-# A test-sized config with the same strides (hop 2048): builds and steps in milliseconds.
+# A test-sized config with the same strides (hop 1024): builds and steps in milliseconds.
 AUTOENCODER_TINY_CONFIG = dict(
     encoder_hidden_size=8,
-    downsampling_ratios=[2, 4, 4, 8, 8],
+    downsampling_ratios=[2, 4, 4, 4, 8],
     channel_multiples=[1, 1, 2, 2, 2],
     decoder_channels=4,
     decoder_input_channels=4,
     audio_channels=1,
-    sampling_rate=44100,
+    sampling_rate=22050,
 )
 
 WEIGHTS_FILE = "autoencoder_lite.safetensors"  # fp16 state dict
 CONFIG_FILE = "config.json"  # {"class": "AutoencoderOobleck", "config": {...}, "format": 1}
 FORMAT_VERSION = 1
-TRAIN_COMMAND = "python -m accelerando.train.autoencoder --corpus small --minutes 45 --out {path}"
+TRAIN_COMMAND = "python -m accelerando.train.autoencoder --corpus full --minutes 55 --threads 1 --out {path}"
 
 
 def hop_length(config: dict = AUTOENCODER_LITE_CONFIG) -> int:
-    """Samples per latent frame: the product of the strides (2048 for the Lite config)."""
+    """Samples per latent frame: the product of the strides (1024 for the Lite config)."""
     return math.prod(config["downsampling_ratios"])
 
 
@@ -144,7 +147,7 @@ def load_autoencoder_lite(
     `dtype`. Nothing is downloaded.
     """
     path = Path(path).expanduser()
-    fix = f"Train one with `{TRAIN_COMMAND.format(path=path)}` (about 45 min on 2 CPU cores)."
+    fix = f"Train one with `{TRAIN_COMMAND.format(path=path)}` (55 min on one CPU core)."
     if not path.is_dir():
         raise FileNotFoundError(f"autoencoder checkpoint directory {path} does not exist. {fix}")
     missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (path / name).is_file()]

@@ -14,6 +14,9 @@ states over the attention mask -> L2 normalisation, with inputs cut at 256 word 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 from pathlib import Path
 
 import torch
@@ -77,7 +80,8 @@ class MiniLMTextEncoder(nn.Module):
         path = Path(path) if path else minilm_path()
         # local_files_only with a local folder: transformers never touches the network.
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.bert = BertModel.from_pretrained(path, local_files_only=True)  # pooler unused (mean pooling)
+        with _quiet_loading():
+            self.bert = BertModel.from_pretrained(path, local_files_only=True)  # pooler unused (mean pooling)
         self.max_tokens = max_tokens
         self.bert.eval()
         self.bert.requires_grad_(False)
@@ -107,3 +111,24 @@ class MiniLMTextEncoder(nn.Module):
         m = mask.unsqueeze(-1).to(states.dtype)  # [B, T, 1]
         pooled = (states * m).sum(1) / m.sum(1).clamp(min=1e-9)  # [B, 384], sentence-transformers' Pooling
         return nn.functional.normalize(pooled, dim=-1)  # its Normalize module
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers draws a progress bar per weight load; a frozen 22 M-parameter encoder
+    loaded in every process should not."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@functools.lru_cache(maxsize=1)
+def shared_text_encoder() -> MiniLMTextEncoder:
+    """One frozen MiniLM per process (it is 23 M parameters and takes seconds to load)."""
+    return MiniLMTextEncoder()

@@ -1,6 +1,6 @@
 """Train the Stable-Audio-Lite autoencoder (`accelerando.models.autoencoder_lite`) on the corpus.
 
-    python -m accelerando.train.autoencoder --corpus small --minutes 45 --out checkpoints/autoencoder_lite
+    python -m accelerando.train.autoencoder --corpus full --minutes 55 --threads 1 --out checkpoints/autoencoder_lite
 
 Objective, after Stable Audio Open's VAE (Evans et al. 2024, arXiv:2407.14358, section 3.1;
 stable-audio-tools `training/autoencoders.py`), without its adversarial and feature-matching
@@ -8,7 +8,7 @@ terms (no discriminator fits the CPU budget):
     loss = MR-STFT(x, x_hat) + l1_weight * |x - x_hat|_1 + kl_weight * KL(q(z|x) || N(0, I))
 MR-STFT is spectral convergence + log-magnitude L1 (Yamamoto et al. 2020) averaged over
 `stft_windows` (stable-audio-tools: 2048 ... 32, hop = window / 4); the KL weight 1e-4 is the
-published one. Crops are random windows of the training clips (44.1 kHz mono), near-silent ones
+published one. Crops are random windows of the training clips (22.05 kHz mono), near-silent ones
 redrawn. Every `val_every` steps the posterior mean of fixed validation excerpts is decoded and
 scored with `accelerando.metrics` (mrstft_distance, si_sdr). The run stops at `minutes` of wall
 clock (or `max_steps`) and writes, into `out`: autoencoder_lite.safetensors (fp16), config.json
@@ -17,10 +17,9 @@ clock (or `max_steps`) and writes, into `out`: autoencoder_lite.safetensors (fp1
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import config_from_argv, warmup_cosine
 from ..models.autoencoder_lite import (
     AUTOENCODER_LITE_CONFIG,
     AUTOENCODER_TINY_CONFIG,
@@ -39,13 +39,13 @@ from ..models.autoencoder_lite import (
 
 @dataclass
 class TrainConfig:
-    corpus: str = "small"  # accelerando.data preset, rendered at model_config's sampling_rate
+    corpus: str = "full"  # accelerando.data preset, rendered at model_config's sampling_rate
     out: str = "checkpoints/autoencoder_lite"
     model: str = "lite"  # "lite" (AUTOENCODER_LITE_CONFIG) or "tiny" (tests)
-    minutes: float = 45.0  # wall-clock budget of the loop (validation included)
+    minutes: float = 55.0  # wall-clock budget of the loop (validation included)
     max_steps: int | None = None  # stop earlier after this many steps
     batch_size: int = 4
-    crop_samples: int = 32768  # 16 latent frames = 0.74 s at 44.1 kHz; 4 crops = 3 s per step
+    crop_samples: int = 16384  # 16 latent frames = 0.74 s at 22.05 kHz; 4 crops = 3 s per step
     lr: float = 3e-4  # 2x stable-audio-tools' 1.5e-4 for a short run; 1e-3 diverged (KL blew up) at step 25
     betas: tuple[float, float] = (0.8, 0.99)  # as stable-audio-tools' autoencoder optimiser
     weight_decay: float = 1e-3
@@ -64,7 +64,7 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data: whole clips in memory (160 x 10 s x 44.1 kHz float32 = 282 MB), random crops.
+# Data: whole clips in memory (1,600 x 10 s x 22.05 kHz float32 = 1.4 GB), random crops.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -146,9 +146,10 @@ def validate(vae, val_audio: torch.Tensor, sr: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, corpus=None) -> dict:
+def train(cfg: TrainConfig, corpus=None, command: str | None = None) -> dict:
     """Run the training described by `cfg`; returns the log (also written to cfg.out).
-    `corpus` overrides cfg.corpus (its clips must be at the model's sampling rate)."""
+    `corpus` overrides cfg.corpus (its clips must be at the model's sampling rate); `command` is
+    recorded in the log (the command line passes its own)."""
     from ..data import build_corpus, preset
 
     if cfg.threads:
@@ -178,6 +179,7 @@ def train(cfg: TrainConfig, corpus=None) -> dict:
 
     log = {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "command": command,
         "model_config": model_config,
         "params": n_params,
         "corpus": {"path": str(corpus.path), "key": corpus.key, "train_clips": len(train_clips), "val_samples": val_len},
@@ -197,11 +199,8 @@ def train(cfg: TrainConfig, corpus=None) -> dict:
         if step >= cfg.warmup_steps and cfg.max_steps is None and train_seconds > 0:
             # steps that still fit in the budget, at the speed so far
             expected_steps = step + max(1, int((budget - elapsed) / (train_seconds / step)))
-        if step < cfg.warmup_steps:
-            lr = cfg.lr * (step + 1) / cfg.warmup_steps
-        else:
-            frac = min(1.0, (step - cfg.warmup_steps) / max(1, expected_steps - cfg.warmup_steps))
-            lr = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        progress = (step - cfg.warmup_steps) / max(1, expected_steps - cfg.warmup_steps)
+        lr = warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress, floor=0.1)
         for group in opt.param_groups:
             group["lr"] = lr
 
@@ -252,19 +251,8 @@ def train(cfg: TrainConfig, corpus=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(defaults, f.name)
-        if isinstance(value, tuple):
-            parser.add_argument(f"--{f.name}", type=type(value[0]), nargs="+", default=value)
-        elif f.name in ("max_steps", "threads"):
-            parser.add_argument(f"--{f.name}", type=int, default=value)
-        else:
-            parser.add_argument(f"--{f.name}", type=type(value), default=value)
-    args = parser.parse_args(argv)
-    cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()})
-    return train(cfg)
+    cfg = config_from_argv(TrainConfig, argv, __doc__.split("\n\n")[0])
+    return train(cfg, command=" ".join(["python -m accelerando.train.autoencoder", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":

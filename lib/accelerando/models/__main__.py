@@ -1,0 +1,89 @@
+"""`python -m accelerando.models generate ...`: text to audio from the command line.
+
+    python -m accelerando.models generate --model stable-audio-lite \\
+        --prompt "a chorale in D major for brass at 90 BPM" --seconds 8 --out x.wav
+    python -m accelerando.models generate --model stable-audio --preset full --steps 1 --seconds 1 --out y.wav
+    python -m accelerando.models generate --model stable-audio --weights /data/stable-audio-open-1.0 ...
+
+`stable-audio-lite` loads the committed checkpoints (or --weights DIR --autoencoder DIR);
+`stable-audio` builds Stable Audio Open at --preset size with random weights (its output is
+noise: it exists to time the real architecture) or loads a local copy with --weights. Both go
+through the same `StableAudioPipeline` call (`stable_audio_lite.generate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..audio import save_audio
+from ..machine import set_threads
+
+
+def build_pipeline(args):
+    if args.model == "stable-audio-lite":
+        from .stable_audio_lite import DIT_CHECKPOINT, VAE_CHECKPOINT, load_stable_audio_lite
+
+        return load_stable_audio_lite(args.weights or DIT_CHECKPOINT, args.autoencoder or VAE_CHECKPOINT)
+    from .stable_audio import build_stable_audio
+
+    if args.weights is None:
+        print(f"stable-audio {args.preset}: random weights (the audio is noise; pass --weights DIR for a local "
+              f"copy of {'stabilityai/stable-audio-open-1.0'})", file=sys.stderr)
+    return build_stable_audio(args.preset, weights=args.weights)
+
+
+def generate_command(args) -> dict:
+    from .stable_audio_lite import generate
+
+    if not args.out.lower().endswith((".wav", ".flac")):
+        raise SystemExit(f"--out {args.out}: give a .wav or .flac path")
+    set_threads(args.threads)
+    t0 = time.perf_counter()
+    try:
+        pipe = build_pipeline(args)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    pipe.set_progress_bar_config(disable=True)
+    t1 = time.perf_counter()
+    try:
+        audio, sr = generate(pipe, args.prompt, seconds=args.seconds, steps=args.steps,
+                             guidance_scale=args.guidance_scale, seed=args.seed)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    t2 = time.perf_counter()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_audio(args.out, audio[0], sr)  # [channels, samples]
+    record = {"out": args.out, "model": args.model, "seconds": args.seconds, "sample_rate": sr, "steps": args.steps,
+              "guidance_scale": args.guidance_scale, "seed": args.seed, "load_s": round(t1 - t0, 2),
+              "generate_s": round(t2 - t1, 2), "threads": torch.get_num_threads()}
+    print(json.dumps(record))
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m accelerando.models", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="text to audio")
+    g.add_argument("--model", choices=("stable-audio-lite", "stable-audio"), default="stable-audio-lite")
+    g.add_argument("--preset", choices=("full", "small", "tiny"), default="full", help="stable-audio size (random weights)")
+    g.add_argument("--weights", default=None, help="checkpoint directory (Lite DiT, or a local Stable Audio Open copy)")
+    g.add_argument("--autoencoder", default=None, help="Lite autoencoder directory (default: the committed one)")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--seconds", type=float, default=8.0)
+    g.add_argument("--steps", type=int, default=50, help="denoising steps")
+    g.add_argument("--guidance-scale", type=float, default=6.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--out", required=True, help=".wav or .flac")
+    args = parser.parse_args(argv)
+    generate_command(args)
+
+
+if __name__ == "__main__":
+    main()

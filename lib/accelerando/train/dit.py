@@ -1,0 +1,324 @@
+"""Train Stable-Audio-Lite's denoiser (`accelerando.models.stable_audio_lite`) on corpus latents.
+
+    python -m accelerando.train.dit --corpus full --minutes 45 --threads 1 --encode_threads 2 --out checkpoints/stable_audio_lite
+
+Recipe, after Stable Audio Open (Evans et al. 2024, arXiv:2407.14358, section 3) at toy scale:
+- Data: the trained Lite autoencoder's posterior-mean latents of `train_clips` corpus clips
+  (encoded once and cached in .cache/latents; the encoder costs about 0.1 s per second of audio),
+  with each clip's caption through the frozen MiniLM, padded as the pipeline pads prompts.
+- Timing conditioning as in Stable Audio: with probability `crop_prob` a clip is cut to a random
+  window of `min_crop_seconds` or more, placed at the start and followed by the latent of silence;
+  seconds_start / seconds_end say where the window lay. Otherwise the whole clip (0 .. 9.99 s).
+- Objective: the scheduler's own parametrisation (`stable_audio_lite.diffusion_target`: EDM
+  preconditioning with v-prediction and sigma_data = the latents' standard deviation), noise
+  levels sigma = sigma_data * tan(u * pi / 2) with u ~ U(0, 1) (the cosine schedule's uniform
+  time), plain MSE on the network output.
+- Classifier-free guidance: `cfg_dropout` of the rows get an all-zero cross-attention input, which
+  is what `StableAudioPipeline` feeds as the unconditional branch.
+- AdamW, linear warm-up then cosine decay over the wall-clock budget, gradient clipping, and an
+  exponential moving average of the weights, which is what is saved and sampled.
+
+Writes into `out`: stable_audio_lite.safetensors (fp16 EMA weights of transformer and projection),
+config.json (architecture, sigma_data, the autoencoder's SHA-256) and train_log.json (settings,
+command, per-step loss, validation losses of the raw and EMA weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import config_from_argv, warmup_cosine
+from ..machine import REPO_ROOT
+from ..models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, WEIGHTS_FILE as VAE_WEIGHTS_FILE
+from ..models.autoencoder_lite import build_autoencoder_lite, load_autoencoder_lite
+from ..models.stable_audio_lite import (
+    DIT_CHECKPOINT,
+    DIT_LITE_CONFIG,
+    DIT_TINY_CONFIG,
+    VAE_CHECKPOINT,
+    build_stable_audio_lite,
+    conditioning,
+    diffusion_target,
+    file_sha256,
+    rotary,
+    save_stable_audio_lite,
+    text_states,
+)
+
+
+@dataclass
+class TrainConfig:
+    corpus: str = "full"  # accelerando.data preset, rendered at the autoencoder's sample rate
+    autoencoder: str = str(VAE_CHECKPOINT)  # a trained Lite autoencoder ("" = random tiny, tests)
+    out: str = str(DIT_CHECKPOINT)
+    model: str = "lite"  # "lite" (DIT_LITE_CONFIG) or "tiny" (tests; with the tiny autoencoder)
+    minutes: float = 45.0  # wall-clock budget of the training loop (validation included)
+    max_steps: int | None = None
+    train_clips: int = 480  # clips whose latents are encoded (of 1,600): the encoder costs ~1.5 s per 10 s clip
+    val_clips: int = 32
+    batch_size: int = 16
+    lr: float = 8e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 1e-3  # Stable Audio's
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    cfg_dropout: float = 0.1
+    crop_prob: float = 0.5
+    min_crop_seconds: float = 2.0
+    val_every: int = 200
+    seed: int = 0
+    threads: int = 1  # torch threads of the training loop
+    encode_threads: int = 2  # ... of the one-off latent encoding (cached), which is the longer part on CPU
+    log_every: int = 20
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_latents(vae, clips: list, chunk: int = 4) -> torch.Tensor:
+    """Posterior-mean latents [N, C, frames] of corpus clips (mono, at the autoencoder's rate)."""
+    hop = vae.hop_length
+    out = []
+    for i in range(0, len(clips), chunk):
+        audio = [c.load() for c in clips[i : i + chunk]]
+        audio = [a.mean(axis=1) if a.ndim == 2 else a for a in audio]
+        n = min(len(a) for a in audio) // hop * hop
+        wav = torch.from_numpy(np.stack([a[:n] for a in audio])).float()[:, None, :]
+        out.append(vae.encode(wav).latent_dist.mode())
+    frames = min(z.shape[-1] for z in out)
+    return torch.cat([z[..., :frames] for z in out])
+
+
+def cached_latents(vae, vae_sha: str, corpus, clips: list, name: str) -> torch.Tensor:
+    """`encode_latents`, cached per (corpus, autoencoder weights, clip list) in .cache/latents."""
+    ids = ",".join(c.id for c in clips)
+    key = hashlib.sha256(f"{corpus.key}|{vae_sha}|{ids}".encode()).hexdigest()[:16]
+    path = REPO_ROOT / ".cache" / "latents" / f"{name}-{key}.pt"
+    if path.is_file():
+        return torch.load(path)
+    latents = encode_latents(vae, clips)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(latents, path.with_suffix(".partial"))
+    path.with_suffix(".partial").rename(path)
+    return latents
+
+
+def make_batch(latents: torch.Tensor, silence: torch.Tensor, idx: np.ndarray, cfg: TrainConfig,
+               frames_per_second: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clean latents [B, C, F] and seconds_start / seconds_end [B] of clips `idx`, each with
+    probability crop_prob cut to a random window placed at the start and padded with silence."""
+    frames = latents.shape[-1]
+    x0 = latents[idx].clone()
+    start = torch.zeros(len(idx))
+    end = torch.full((len(idx),), frames / frames_per_second)
+    min_frames = max(1, min(frames, round(cfg.min_crop_seconds * frames_per_second)))
+    for row, i in enumerate(idx):
+        if rng.random() < cfg.crop_prob:
+            length = int(rng.integers(min_frames, frames + 1))
+            offset = int(rng.integers(0, frames - length + 1))
+            x0[row] = silence[:, None]
+            x0[row, :, :length] = latents[i, :, offset : offset + length]
+            start[row], end[row] = offset / frames_per_second, (offset + length) / frames_per_second
+    return x0, start, end
+
+
+def sample_sigmas(n: int, sigma_data: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """sigma = sigma_data * tan(u pi / 2), u ~ U(0, 1): uniform time of the cosine schedule."""
+    u = torch.rand(n, generator=generator).clamp(1e-4, 1 - 1e-4)
+    return sigma_data * torch.tan(u * math.pi / 2)
+
+
+# -- loss ---------------------------------------------------------------------------------------
+
+
+def diffusion_loss(pipe, x0, noise, sigma, states, mask, start, end, drop, sigma_data) -> torch.Tensor:
+    """MSE between the transformer's output and the v-prediction target (one batch)."""
+    model_input, timestep, target = diffusion_target(x0, noise, sigma, sigma_data)
+    cross, glob = conditioning(pipe, states.float(), mask, start, end, drop)
+    pred = pipe.transformer(model_input, timestep, encoder_hidden_states=cross, global_hidden_states=glob,
+                            rotary_embedding=rotary(pipe, x0.shape[-1]), return_dict=False)[0]
+    return nn.functional.mse_loss(pred, target)
+
+
+# -- loop ---------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, corpus=None, log_fn=print, command: str | None = None) -> dict:
+    """Run the training described by `cfg`; returns the log (also written to cfg.out).
+    `corpus` overrides cfg.corpus; `command` is recorded in the log (the CLI passes its own)."""
+    from ..data import build_corpus, preset
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    t_start = time.perf_counter()
+
+    if cfg.model == "tiny":
+        vae_path = Path(cfg.out) / "autoencoder_tiny"
+        vae = build_autoencoder_lite(AUTOENCODER_TINY_CONFIG, seed=cfg.seed).eval()
+        from ..models.autoencoder_lite import save_autoencoder_lite
+
+        save_autoencoder_lite(vae, vae_path)
+        dit_config = DIT_TINY_CONFIG
+    elif cfg.model == "lite":
+        vae_path = Path(cfg.autoencoder)
+        vae = load_autoencoder_lite(vae_path)
+        dit_config = DIT_LITE_CONFIG
+    else:
+        raise ValueError(f"model={cfg.model!r}: use 'lite' or 'tiny'")
+    vae_sha = file_sha256(vae_path / VAE_WEIGHTS_FILE)
+    sr, hop = vae.config.sampling_rate, vae.hop_length
+    if corpus is None:
+        corpus = build_corpus(preset(cfg.corpus, sample_rate=sr))
+    if corpus.config.sample_rate != sr:
+        raise ValueError(f"corpus at {corpus.config.sample_rate} Hz; the autoencoder needs {sr} Hz")
+
+    train_all, val_all = corpus.filter(split="train"), corpus.filter(split="val")
+    if not train_all or not val_all:
+        raise ValueError(f"corpus {corpus.path} needs train and val clips, has {corpus.splits}")
+    order = np.random.default_rng(cfg.seed).permutation(len(train_all))[: cfg.train_clips]
+    train_clips, val_clips = [train_all[i] for i in sorted(order)], val_all[: cfg.val_clips]
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.encode_threads)
+    lat_train = cached_latents(vae, vae_sha, corpus, train_clips, "train")
+    lat_val = cached_latents(vae, vae_sha, corpus, val_clips, "val")
+    torch.set_num_threads(cfg.threads)
+    encode_seconds = time.perf_counter() - t0
+    frames = dit_config["sample_size"]
+    if lat_train.shape[-1] < frames:
+        raise ValueError(f"clips give {lat_train.shape[-1]} latent frames; the DiT config needs {frames}")
+    lat_train, lat_val = lat_train[..., :frames], lat_val[..., :frames]
+    sigma_data = float(lat_train.std())
+    with torch.no_grad():
+        silence = vae.encode(torch.zeros(1, 1, hop * 8)).latent_dist.mode()[0].mean(-1)  # [C]
+
+    pipe = build_stable_audio_lite(dit_config, vae=vae, sigma_data=sigma_data, seed=cfg.seed)
+    t0 = time.perf_counter()
+    text_train = [text_states(pipe, [c.caption for c in train_clips[i : i + 64]]) for i in range(0, len(train_clips), 64)]
+    states_train = torch.cat([s for s, _ in text_train]).half()  # fp16 in memory: [N, 64, 384]
+    mask_train = torch.cat([m for _, m in text_train])
+    states_val, mask_val = text_states(pipe, [c.caption for c in val_clips])
+    text_seconds = time.perf_counter() - t0
+
+    parts = nn.ModuleDict({"transformer": pipe.transformer, "projection_model": pipe.projection_model}).train()
+    ema = copy.deepcopy(parts).eval().requires_grad_(False)
+    n_params = sum(p.numel() for p in parts.parameters())
+    decay, no_decay = [], []
+    for name, p in parts.named_parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=cfg.betas)
+
+    # Fixed validation batch: every val clip whole, at noise levels spread over the schedule.
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    n_val = len(val_clips)
+    val_u = (torch.arange(n_val) + 0.5) / n_val
+    val_sigma = sigma_data * torch.tan(val_u * math.pi / 2)
+    val_noise = torch.randn(lat_val.shape, generator=g)
+    val_start, val_end = torch.zeros(n_val), torch.full((n_val,), frames * hop / sr)
+
+    @torch.no_grad()
+    def validate(module: nn.ModuleDict) -> float:
+        view = copy.copy(pipe)  # same pipeline, other weights
+        view.transformer, view.projection_model = module["transformer"], module["projection_model"]
+        was = module.training
+        module.eval()
+        loss = diffusion_loss(view, lat_val, val_noise, val_sigma, states_val, mask_val, val_start, val_end,
+                              None, sigma_data).item()
+        module.train(was)
+        return loss
+
+    log = {
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "command": command,
+        "dit_config": dit_config,
+        "params": n_params,
+        "sigma_data": sigma_data,
+        "corpus": {"path": str(corpus.path), "key": corpus.key, "train_clips": len(train_clips), "val_clips": n_val},
+        "autoencoder": {"path": str(vae_path), "sha256": vae_sha},
+        "prep_seconds": {"encode_latents": encode_seconds, "text": text_seconds},
+        "steps": [],
+        "val": [],
+    }
+    log_fn(f"stable-audio-lite DiT: {n_params / 1e6:.2f} M params, {len(train_clips)} clips x {frames} frames, "
+           f"sigma_data {sigma_data:.3f}; latents {encode_seconds:.0f} s, text {text_seconds:.0f} s")
+    first = validate(parts)
+    log["val"].append({"step": 0, "seconds": 0.0, "raw": first, "ema": first})
+    log_fn(f"step 0: val loss {first:.4f}")
+
+    fps = sr / hop
+    start, step, budget = time.perf_counter(), 0, cfg.minutes * 60
+    train_seconds, expected = 0.0, cfg.max_steps or 10**9
+    while step < expected:
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget:
+            break
+        if cfg.max_steps is None and step >= 10:
+            expected = step + max(1, int((budget - elapsed) / (train_seconds / step)))
+        lr = warmup_cosine(cfg.lr, step, cfg.warmup_steps, (step - cfg.warmup_steps) / max(1, expected - cfg.warmup_steps), floor=0.1)
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+        t0 = time.perf_counter()
+        idx = rng.integers(len(lat_train), size=cfg.batch_size)
+        x0, sec_start, sec_end = make_batch(lat_train, silence, idx, cfg, fps, rng)
+        noise = torch.randn_like(x0)
+        sigma = sample_sigmas(cfg.batch_size, sigma_data)
+        drop = torch.rand(cfg.batch_size) < cfg.cfg_dropout
+        loss = diffusion_loss(pipe, x0, noise, sigma, states_train[idx], mask_train[idx], sec_start, sec_end,
+                              drop, sigma_data)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(parts.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(parts.parameters()), 1 - cfg.ema_decay)
+        train_seconds += time.perf_counter() - t0
+        step += 1
+        log["steps"].append({"step": step, "lr": lr, "loss": loss.item(), "grad_norm": float(grad_norm)})
+        if step % cfg.log_every == 0:
+            recent = np.mean([r["loss"] for r in log["steps"][-cfg.log_every :]])
+            log_fn(f"step {step}: loss {recent:.4f} lr {lr:.2e} {step / train_seconds:.2f} steps/s")
+        if step % cfg.val_every == 0:
+            row = {"step": step, "seconds": time.perf_counter() - start, "raw": validate(parts), "ema": validate(ema)}
+            log["val"].append(row)
+            log_fn(f"step {step}: val loss raw {row['raw']:.4f} ema {row['ema']:.4f}")
+
+    if log["val"][-1]["step"] != step:
+        log["val"].append({"step": step, "seconds": time.perf_counter() - start, "raw": validate(parts), "ema": validate(ema)})
+    log["throughput"] = {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - start,
+                         "steps_per_second": step / max(train_seconds, 1e-9), "threads": cfg.threads,
+                         "total_seconds": time.perf_counter() - t_start}
+    parts.load_state_dict(ema.state_dict())  # the EMA weights are the model
+    final = log["val"][-1]
+    save_stable_audio_lite(pipe, cfg.out, vae_path,
+                           extra={"trained": {"steps": step, "val_loss_ema": final["ema"], "val_loss_raw": final["raw"]}})
+    (Path(cfg.out) / "train_log.json").write_text(json.dumps(log, indent=1))
+    log_fn(f"done: {step} steps in {train_seconds:.0f} s ({log['throughput']['steps_per_second']:.2f} steps/s), "
+           f"val loss ema {final['ema']:.4f} raw {final['raw']:.4f} -> {cfg.out}")
+    return log
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = config_from_argv(TrainConfig, argv, __doc__.split("\n\n")[0])
+    command = " ".join(["python -m accelerando.train.dit", *(sys.argv[1:] if argv is None else argv)])
+    return train(cfg, log_fn=lambda *a: print(*a, flush=True), command=command)
+
+
+if __name__ == "__main__":
+    main()
