@@ -61,7 +61,7 @@ from ..models.stable_audio_lite import (
 @dataclass
 class TrainConfig:
     corpus: str = "full"  # accelerando.data preset, rendered at the autoencoder's sample rate
-    autoencoder: str = str(VAE_CHECKPOINT)  # a trained Lite autoencoder ("" = random tiny, tests)
+    autoencoder: str = str(VAE_CHECKPOINT)  # the trained Lite autoencoder (model "tiny" ignores it: random tiny one)
     out: str = str(DIT_CHECKPOINT)
     model: str = "lite"  # "lite" (DIT_LITE_CONFIG) or "tiny" (tests; with the tiny autoencoder)
     minutes: float = 45.0  # wall-clock budget of the training loop (validation included)
