@@ -112,8 +112,27 @@ def scheduler_config(sigma_data: float = 1.0) -> dict:
     detail.
     """
     sd = float(sigma_data)
-    return {**SCHEDULER_CONFIG, "sigma_data": sd, "sigma_min": SCHEDULER_CONFIG["sigma_min"] * sd,
-            "sigma_max": SCHEDULER_CONFIG["sigma_max"] * sd}
+    sigma_min = round(SCHEDULER_CONFIG["sigma_min"] * sd, 6)
+    sigma_max = round(SCHEDULER_CONFIG["sigma_max"] * sd, 3)
+    while not _brownian_tree_accepts(sigma_min, sigma_max):
+        sigma_min = round(sigma_min - 1e-6, 6)
+    return {**SCHEDULER_CONFIG, "sigma_data": sd, "sigma_min": sigma_min, "sigma_max": sigma_max}
+
+
+def _brownian_tree_accepts(sigma_min: float, sigma_max: float) -> bool:
+    """Whether the scheduler's last step can draw its noise for this sigma range.
+
+    The scheduler's Brownian tree (torchsde, tol 1e-6) starts at sigma_min rounded to 6 decimals
+    and compares query times unrounded, then rounds them: a float32 schedule whose last sigma lies
+    above that start by less than the rounding asks for a zero-length interval and recurses until
+    RecursionError. The last Karras sigma is the same for every step count > 1, so one schedule
+    decides it; nudging sigma_min down by 1e-6 is far below any level the model can tell apart.
+    """
+    scheduler = CosineDPMSolverMultistepScheduler(**{**SCHEDULER_CONFIG, "sigma_min": sigma_min,
+                                                     "sigma_max": sigma_max})
+    scheduler.set_timesteps(2)
+    last, start = float(scheduler.sigmas[-2]), round(sigma_min, 6)
+    return not (last > start and round(last, 6) == start)
 
 
 MAX_PROMPT_TOKENS = 64  # captions are < 40 word pieces; the pipeline pads every prompt to this
