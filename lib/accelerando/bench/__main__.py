@@ -2,6 +2,7 @@
 
     python -m accelerando.bench baseline --preset tiny --json
     python -m accelerando.bench baseline --preset full --seconds 1 10 47.55 --threads 2 --json
+    python -m accelerando.bench quant --prompts 32 --json
 """
 
 from __future__ import annotations
@@ -41,6 +42,66 @@ def baseline(args) -> list[dict]:
     return records
 
 
+BITS = {"w4a4": (4, 4), "w4a8": (4, 8), "w8a8": (8, 8), "w4a16": (4, None), "w8a16": (8, None)}
+
+
+def quant(args) -> list[dict]:
+    """WP1: weight bytes of the full-size DiT, int8 CPU block speed, and fidelity of the quantized
+    Stable-Audio-Lite to its own full-precision output, per method and bit width."""
+    import json as _json
+
+    from ..data import build_corpus, preset as corpus_preset
+    from ..metrics.stats import bootstrap_ci
+    from ..models.stable_audio import TRANSFORMER_CONFIGS, build_stable_audio
+    from ..models.stable_audio_lite import load_stable_audio_lite
+    from ..quant import preset as quant_preset
+    from .quant import fidelity_to_full_precision, int8_block_speed, quantized_weight_bytes
+
+    records = []
+    meta = build_stable_audio("full", device="meta").transformer
+    for bits in args.bits:
+        w, a = BITS[bits]
+        for method in args.methods:
+            base = method.split("+")[0]
+            rec = quantized_weight_bytes(meta, quant_preset(base, w, a, rank=args.rank if base in ("svd", "svdquant") else 0))
+            records.append(_print({"measure": "weight_bytes", "model": "stable-audio-open:full", "bits": bits,
+                                   "method": method, **rec}, args.json))
+    if not args.skip_speed:
+        rec = int8_block_speed(TRANSFORMER_CONFIGS["full"], seconds=10.0, rank=args.rank, rounds=args.rounds)
+        records.append(_print({"measure": "int8_block_speed", "model": "stable-audio-open:full", **rec}, args.json))
+    corpus = build_corpus(corpus_preset(args.corpus, sample_rate=22050))
+    train = [c.caption for c in corpus.filter(split="train")][: args.calib_prompts]
+    test = [c.caption for c in corpus.filter(split="test")][: args.prompts]
+    pipe = load_stable_audio_lite()
+    configs = {m: m for m in args.external}
+    for bits in args.bits:
+        w, a = BITS[bits]
+        for method in args.methods:
+            base, _, objective = method.partition("+")
+            configs[f"{method} {bits}"] = quant_preset(base, w, a, rank=args.rank if base in ("svd", "svdquant") else 0,
+                                                       objective=objective or "layer_mse")
+    rows = list(fidelity_to_full_precision(pipe, configs, train, test, steps=args.steps, seconds=args.seconds,
+                                           seed=args.seed))
+    for name in configs:
+        mine = [r for r in rows if r["method"] == name]
+        summary = {"measure": "fidelity_vs_fp", "model": "stable-audio-lite", "method": name, "n": len(mine),
+                   "steps": args.steps, "seconds": args.seconds, "quantize_seconds": mine[0]["quantize_seconds"]}
+        for metric in ("mrstft", "complex_mrstft", "si_sdr", "lsd"):
+            est = bootstrap_ci([r[metric] for r in mine], seed=args.seed)
+            summary[metric] = {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high}
+        records.append(_print(summary, args.json))
+    return records
+
+
+def _print(record: dict, as_json: bool) -> dict:
+    """One non-latency record: JSON, or a compact line."""
+    if as_json:
+        print(json.dumps(record, default=float), flush=True)
+    else:
+        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+    return record
+
+
 def _emit(record: dict, as_json: bool) -> dict:
     if as_json:
         print(json.dumps(record), flush=True)
@@ -68,12 +129,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per measurement on stdout")
+    q = sub.add_parser("quant", help="WP1 SVDQuant-Audio: bytes, int8 CPU speed, fidelity to full precision")
+    q.add_argument("--methods", nargs="+", default=["rtn", "smoothquant", "svd", "svdquant", "svdquant+stft_complex"],
+                   help="rtn, smoothquant, svd, svdquant; '+objective' picks the calibration objective")
+    q.add_argument("--bits", nargs="+", choices=sorted(BITS), default=["w4a4", "w4a8", "w8a8"])
+    q.add_argument("--external", nargs="*", default=["torchao-w8", "quanto-w8", "quanto-w4"],
+                   help="weight-only baselines from torchao / optimum-quanto (fidelity only)")
+    q.add_argument("--rank", type=int, default=32, help="low-rank branch rank of svd / svdquant")
+    q.add_argument("--prompts", type=int, default=32, help="test-split captions generated per method")
+    q.add_argument("--calib-prompts", type=int, default=4, help="train-split captions used for calibration")
+    q.add_argument("--steps", type=int, default=25, help="denoising steps of each evaluation clip")
+    q.add_argument("--seconds", type=float, default=4.0, help="seconds of audio per evaluation clip")
+    q.add_argument("--corpus", default="full", help="accelerando.data preset the prompts come from")
+    q.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the int8 block timing")
+    q.add_argument("--skip-speed", action="store_true", help="skip the full-size int8 block timing")
+    q.add_argument("--threads", type=int, default=1, help="torch threads (fixed and recorded)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--json", action="store_true", help="one JSON object per record on stdout")
     args = parser.parse_args(argv)
-    if any(s <= 0 for s in args.seconds):
+    if args.suite == "baseline" and any(s <= 0 for s in args.seconds):
         parser.error(f"--seconds must be positive, got {args.seconds}")
+    if args.suite == "quant":
+        from ..quant import PRESETS
+        from ..quant.config import OBJECTIVES
+
+        from ..quant.baselines import EXTERNAL_METHODS
+
+        for m in args.external:
+            if m not in EXTERNAL_METHODS:
+                parser.error(f"--external: {m!r} is not one of {EXTERNAL_METHODS}")
+        for m in args.methods:
+            base, _, objective = m.partition("+")
+            if base not in PRESETS or (objective and objective not in OBJECTIVES):
+                parser.error(f"--methods: {m!r} is not METHOD[+OBJECTIVE] with METHOD in {PRESETS} "
+                             f"and OBJECTIVE in {OBJECTIVES}")
     set_threads(args.threads)
     try:
-        baseline(args)
+        baseline(args) if args.suite == "baseline" else quant(args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,134 @@
+"""WP1 benchmark pieces: weight bytes, fidelity to full precision, CPU int8 speed.
+
+- `quantized_weight_bytes(model, config)`: bytes of a model quantized by `config` (packed codes,
+  scales, low-rank factors, smoothing and biases of the quantized linears; every other tensor in
+  fp16), from the very buffers `SVDQuantLinear` allocates, built on the meta device, so the
+  full-size 1 B-parameter DiT costs no memory.
+- `fidelity_to_full_precision(pipe, configs, ...)`: quantize a copy of the pipeline's
+  transformer per config (calibrated on one set of prompts), generate another set of prompts from
+  the same noise as the full-precision model, and score each clip against its full-precision twin
+  (MR-STFT, complex MR-STFT, SI-SDR, LSD).
+- `int8_block_speed(...)`: one full-size DiT block, fp32 against the same block with its linears
+  on the int8 CPU path (FBGEMM) plus the low-rank branch, interleaved on the same thread count.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..quant import SVDQuantConfig, SVDQuantLinear, quantize_
+from ..quant.api import default_filter
+from ..quant.baselines import quantize_external
+from ..quant.objectives import pipeline_calibration
+from .measure import compare
+
+
+def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig) -> dict:
+    """{'fp16_bytes', 'quantized_bytes', 'ratio', 'quantized_layers', 'skipped_layers'} for `model`
+    (any device, including meta) under `config`."""
+    fp16 = sum(p.numel() * 2 for p in model.parameters())
+    quantized, layers, skipped, covered = 0, 0, 0, set()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if default_filter(module, name, config) is not None:
+            skipped += 1
+            continue
+        with torch.device("meta"):
+            skeleton = SVDQuantLinear(module.in_features, module.out_features, config.weight_bits, config.act_bits,
+                                      config.group_size, config.rank)
+        quantized += skeleton.weight_bytes()
+        covered.update(id(p) for p in module.parameters())
+        layers += 1
+    rest = sum(p.numel() * 2 for p in model.parameters() if id(p) not in covered)
+    total = quantized + rest
+    return {"fp16_bytes": fp16, "quantized_bytes": total, "ratio": fp16 / total, "quantized_layers": layers,
+            "skipped_layers": skipped}
+
+
+def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], calib_prompts: list[str],
+                               eval_prompts: list[str], *, steps: int = 25, seconds: float = 4.0,
+                               calib_steps: int = 8, calib_seconds: float = 2.0, guidance_scale: float = 6.0,
+                               batch_size: int = 8, seed: int = 0) -> Iterator[dict]:
+    """Per config and evaluation prompt, one record of fidelity to the full-precision output.
+
+    A config is an `SVDQuantConfig` or the name of an external weight-only baseline
+    (`accelerando.quant.baselines.EXTERNAL_METHODS`). The transformer is quantized on a copy; the
+    pipeline's own transformer is restored after each config. Records: method, prompt index,
+    mrstft, complex_mrstft, si_sdr, lsd, quantize_seconds, quantized_layers.
+    """
+    from ..metrics.fidelity import complex_mrstft_distance, log_spectral_distance, mrstft_distance, si_sdr
+    from ..models.stable_audio_lite import generate
+
+    def render(prompts):
+        clips = []
+        for i in range(0, len(prompts), batch_size):
+            audio, sr = generate(pipe, prompts[i: i + batch_size], seconds=seconds, steps=steps,
+                                 guidance_scale=guidance_scale, seed=seed + i, output_type="pt")
+            clips.append(torch.as_tensor(audio))
+        return torch.cat(clips), sr
+
+    original = pipe.transformer
+    reference, sr = render(eval_prompts)
+    for method, config in configs.items():
+        dit = copy.deepcopy(original)
+        pipe.transformer = dit
+        try:
+            calib, audio_fn = pipeline_calibration(pipe, calib_prompts, steps=calib_steps, seconds=calib_seconds,
+                                                   guidance_scale=guidance_scale, seed=seed + 10_000)
+            start = time.perf_counter()
+            if isinstance(config, str):
+                quantized = quantize_external(dit, config)
+            else:
+                quantized = quantize_(dit, config, calib=calib, audio_fn=audio_fn).quantized
+            spent = time.perf_counter() - start
+            audio, _ = render(eval_prompts)
+        finally:
+            pipe.transformer = original
+        for i, (ref, gen) in enumerate(zip(reference.numpy(), audio.numpy())):
+            yield {
+                "method": method, "config": getattr(config, "name", config),
+                "objective": getattr(config, "objective", None), "prompt": i,
+                "mrstft": mrstft_distance(ref, gen, sr), "complex_mrstft": complex_mrstft_distance(ref, gen, sr),
+                "si_sdr": si_sdr(ref, gen, sr), "lsd": log_spectral_distance(ref, gen, sr),
+                "quantize_seconds": spent, "quantized_layers": len(quantized),
+            }
+
+
+def int8_block_speed(transformer_config: dict, *, seconds: float = 10.0, rank: int = 32, rounds: int = 5,
+                     text_tokens: int = 130, seed: int = 0) -> dict:
+    """Latency of one DiT block (fp32) against the same block on the int8 CPU path, interleaved.
+
+    transformer_config: `StableAudioDiTModel` kwargs (the full-size published config for the
+    target); the block sees 21.5 frames/s x `seconds` + 1 tokens and `text_tokens` of context.
+    Returns compare()'s records for 'fp32' and 'int8+lowrank' with speedup_vs_baseline.
+    """
+    from diffusers.models.transformers.stable_audio_transformer import StableAudioDiTBlock
+
+    c = transformer_config
+    dim = c["num_attention_heads"] * c["attention_head_dim"]
+    torch.manual_seed(seed)
+    block = StableAudioDiTBlock(dim=dim, num_attention_heads=c["num_attention_heads"],
+                                num_key_value_attention_heads=c["num_key_value_attention_heads"],
+                                attention_head_dim=c["attention_head_dim"],
+                                cross_attention_dim=c["cross_attention_dim"]).eval()
+    tokens = int(round(seconds * 44100 / 2048)) + 1
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, tokens, dim, generator=g)
+    ctx = torch.randn(1, text_tokens, c["cross_attention_dim"], generator=g)
+    quantized = copy.deepcopy(block)
+    report = quantize_(quantized, SVDQuantConfig(weight_bits=8, act_bits=8, rank=rank, smoothing="off",
+                                                 backend="int8-cpu", skip=()))
+    with torch.no_grad():
+        ref, out = block(x, encoder_hidden_states=ctx), quantized(x, encoder_hidden_states=ctx)
+    rel = float(((out - ref) ** 2).sum() / (ref**2).sum())
+    timings = compare({"fp32": lambda: block(x, encoder_hidden_states=ctx),
+                       "int8+lowrank": lambda: quantized(x, encoder_hidden_states=ctx)},
+                      rounds=rounds, baseline="fp32", device="cpu")
+    return {"tokens": tokens, "rank": rank, "relative_error": rel, "quantized_layers": len(report.quantized),
+            "threads": torch.get_num_threads(), **{f"{k}_{m}": v for k, r in timings.items() for m, v in r.items()}}

@@ -1,0 +1,238 @@
+"""`SVDQuantLinear`: a linear layer as smoothing + low-rank branch + 4/8-bit residual.
+
+SVDQuant (Li et al. 2025, arXiv:2411.05007) writes a linear layer y = x W^T + b as
+
+    y = x_s (L_up L_down)^T + Q(x_s) Q(R)^T + b,     x_s = (x + c) / lambda,
+    W_s = W diag(lambda),  L = L_up L_down = SVD_r(W_s)-refit,  R = W_s - L.
+
+Smoothing (lambda, per input channel) moves activation outliers into the weight; the rank-r branch,
+kept in 16-bit, absorbs the weight's outliers (its largest singular directions), so the residual R
+that is quantized has a small range. `c` is a constant shift that makes inputs bounded below
+(GELU/SiLU outputs) non-negative for an unsigned activation code; its effect is removed exactly
+through the bias: W (x + c) = W x + c W 1.
+
+The forward here is the reference: what a kernel computes, in fp32, on any device (integer codes
+dequantized, so the integer products are exact). `backend` selects a real kernel where one exists:
+"int8-cpu" (FBGEMM dynamic int8 for the residual, fp32 low-rank branch beside it) or "triton"
+(`accelerando.quant.triton_kernels`, W4A4 on CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .primitives import dequantize_groups, fake_quantize, group_scales, pack_int4, quantize_groups, unpack_int4
+
+SILU_FLOOR = -0.2785  # min of SiLU (x sigmoid x); GELU's is -0.170
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces: smoothing factors, weight quantization, the low-rank refit
+# ---------------------------------------------------------------------------------------------
+
+
+def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """lambda [in] = max|X_j|^alpha / max|W_:j|^beta, clamped away from 0 and inf.
+
+    act_absmax [in] is the calibrated per-channel input range; weight [out, in].
+    """
+    w_absmax = weight.abs().amax(0).float().clamp_min(1e-5)
+    lam = act_absmax.float().clamp_min(1e-5) ** alpha / w_absmax**beta
+    return lam.clamp(1e-4, 1e4)
+
+
+def weight_quant_error(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """weight - Q(weight): what round-to-nearest leaves [out, in]."""
+    return weight - fake_quantize(weight, bits, group_size)
+
+
+def _svd_r(a: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best rank-r factors (up [out, r], down [r, in]) of a, by randomized SVD when a is large."""
+    if min(a.shape) <= 4 * rank or min(a.shape) <= 256:
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        u, s, vh = u[:, :rank], s[:rank], vh[:rank]
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            u, s, v = torch.svd_lowrank(a, q=min(rank + 16, min(a.shape)), niter=4)
+        u, s, vh = u[:, :rank], s[:rank], v[:, :rank].t()
+    root = s.sqrt()
+    return u * root, root[:, None] * vh
+
+
+def lowrank_refit(weight: torch.Tensor, rank: int, bits: int, group_size: int, iters: int = 8,
+                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Low-rank factors (up [out, r], down [r, in]) for `weight` [out, in] so that
+    weight - up @ down quantizes well: start from SVD_r(W), then L <- SVD_r(W - Q(W - L)),
+    keeping the best L by ||W - L - Q(W - L)||_F (so the error never increases) and stopping
+    when an iteration does not improve it. Returns the factors and the error after each try.
+    Factors are rounded to fp16 (their storage) before the error is measured.
+    """
+    w = weight.float()
+    if rank == 0:
+        empty_up, empty_down = w.new_zeros(w.shape[0], 0), w.new_zeros(0, w.shape[1])
+        return empty_up, empty_down, [float(weight_quant_error(w, bits, group_size).norm())]
+
+    def error(up, down):
+        return float(weight_quant_error(w - up @ down, bits, group_size).norm())
+
+    up, down = (f.half().float() for f in _svd_r(w, rank, seed))
+    best, errors = (up, down), [error(up, down)]
+    for i in range(iters):
+        residual_q = w - up @ down
+        residual_q = residual_q - weight_quant_error(residual_q, bits, group_size)  # Q(W - L)
+        up, down = (f.half().float() for f in _svd_r(w - residual_q, rank, seed + i + 1))
+        errors.append(error(up, down))
+        if errors[-1] < min(errors[:-1]):
+            best = (up, down)
+        else:
+            break
+    return best[0], best[1], errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The module
+# ---------------------------------------------------------------------------------------------
+
+
+class SVDQuantLinear(nn.Module):
+    """Drop-in for nn.Linear(in_features, out_features): x [..., in] -> y [..., out].
+
+    Buffers (what `save_quantized` stores): smooth [in] fp32, qweight (uint8 [out, in/2] packed
+    int4, or int8 [out, in]), wscales fp16 [out, in/group], lora_down fp16 [rank, in],
+    lora_up fp16 [out, rank], bias fp32 [out] (includes the shift's correction). `act_shift` is the
+    constant c added before smoothing (0 for signed activations).
+    """
+
+    def __init__(self, in_features: int, out_features: int, weight_bits: int = 4, act_bits: int | None = 4,
+                 group_size: int = 64, rank: int = 32, act_shift: float = 0.0, act_signed: bool = True,
+                 backend: str = "reference"):
+        super().__init__()
+        if in_features % group_size:
+            raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_bits, self.act_bits, self.group_size, self.rank = weight_bits, act_bits, group_size, rank
+        self.act_shift, self.act_signed, self.backend = float(act_shift), bool(act_signed), backend
+        packed_cols = in_features // 2 if weight_bits == 4 else in_features
+        self.register_buffer("smooth", torch.ones(in_features))
+        self.register_buffer("qweight", torch.zeros(out_features, packed_cols,
+                                                     dtype=torch.uint8 if weight_bits == 4 else torch.int8))
+        self.register_buffer("wscales", torch.ones(out_features, in_features // group_size, dtype=torch.float16))
+        self.register_buffer("lora_down", torch.zeros(rank, in_features, dtype=torch.float16))
+        self.register_buffer("lora_up", torch.zeros(out_features, rank, dtype=torch.float16))
+        self.register_buffer("bias", torch.zeros(out_features))
+        self._int8 = None  # FBGEMM module of the residual, built on first use (backend "int8-cpu")
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, weight_bits: int = 4, act_bits: int | None = 4, group_size: int = 64,
+                    rank: int = 32, smooth: torch.Tensor | None = None, act_shift: float = 0.0,
+                    act_signed: bool = True, refit_iters: int = 8, seed: int = 0,
+                    backend: str = "reference") -> "SVDQuantLinear":
+        """Quantize `linear` with smoothing factors `smooth` [in] (None: no smoothing). Unsigned
+        activation codes (`act_signed=False`) need inputs >= -act_shift."""
+        w = linear.weight.detach().float()
+        out_f, in_f = w.shape
+        layer = cls(in_f, out_f, weight_bits, act_bits, group_size, rank, act_shift=act_shift,
+                    act_signed=act_signed, backend=backend)
+        lam = torch.ones(in_f) if smooth is None else smooth.detach().float().cpu()
+        w_s = w.cpu() * lam  # W diag(lambda)
+        up, down, errors = lowrank_refit(w_s, rank, weight_bits, group_size, refit_iters, seed)
+        residual = w_s - up @ down
+        scale = group_scales(residual, weight_bits, group_size).half().float()  # as stored
+        q, _ = quantize_groups(residual, weight_bits, group_size, scale=scale)
+        bias = torch.zeros(out_f) if linear.bias is None else linear.bias.detach().float().cpu()
+        if act_shift:  # W' (x + c) = W' x + c W' 1, with W' the weight the layer really applies
+            applied = (dequantize_groups(q, scale, group_size) + up @ down) / lam
+            bias = bias - act_shift * applied.sum(1)
+        layer.smooth.copy_(lam)
+        layer.qweight.copy_(pack_int4(q) if weight_bits == 4 else q)
+        layer.wscales.copy_(scale.half())
+        layer.lora_down.copy_(down.half())
+        layer.lora_up.copy_(up.half())
+        layer.bias.copy_(bias)
+        layer.refit_errors = errors
+        return layer.to(linear.weight.device)
+
+    # -- pieces of the forward ----------------------------------------------------------------
+
+    def weight_codes(self) -> torch.Tensor:
+        """Residual weight codes, int8 [out, in]."""
+        return unpack_int4(self.qweight) if self.weight_bits == 4 else self.qweight
+
+    def residual_weight(self) -> torch.Tensor:
+        """Dequantized residual Q(R) [out, in], fp32."""
+        return dequantize_groups(self.weight_codes(), self.wscales.float(), self.group_size)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight this layer applies to x, fp32 [out, in]: (Q(R) + L_up L_down) / lambda."""
+        lr = self.lora_up.float() @ self.lora_down.float()
+        return (self.residual_weight() + lr) / self.smooth
+
+    def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() + self.act_shift) / self.smooth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = self.backend
+        if backend == "auto":
+            backend = "triton" if x.is_cuda and self._triton_ok() else "reference"
+        if backend == "int8-cpu":
+            return self._forward_int8(x)
+        if backend == "triton":
+            from . import triton_kernels
+
+            return triton_kernels.w4a4_linear(
+                x, self.smooth, self.act_shift, self.qweight, self.wscales, self.lora_down.float(),
+                self.lora_up.float(), self.bias, self.group_size, self.act_signed).to(x.dtype)
+        return self._forward_reference(x)
+
+    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        x_s = self.smoothed_input(x)  # [..., in]
+        y = x_s @ self.lora_down.float().t() @ self.lora_up.float().t() if self.rank else 0.0
+        x_q = x_s if self.act_bits is None else fake_quantize(x_s, self.act_bits, self.group_size, self.act_signed)
+        y = y + x_q @ self.residual_weight().t() + self.bias
+        return y.to(x.dtype)
+
+    def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
+        # FBGEMM's dynamic int8 linear quantizes activations per tensor and weights per output
+        # channel: not the group-wise reference numerics, but the one quantized GEMM that beats
+        # fp32 on this CPU (see shared NOTES); the low-rank branch runs beside it in fp32.
+        if self._int8 is None:
+            self._int8 = _fbgemm_linear(self.residual_weight(), self.bias)
+        x_s = self.smoothed_input(x)
+        y = self._int8(x_s)
+        if self.rank:
+            y = y + (x_s @ self.lora_down.float().t()) @ self.lora_up.float().t()
+        return y.to(x.dtype)
+
+    @staticmethod
+    def _triton_ok() -> bool:
+        try:
+            from . import triton_kernels
+        except ImportError:
+            return False
+        return triton_kernels.available()
+
+    def extra_repr(self) -> str:
+        a = "fp" if self.act_bits is None else self.act_bits
+        return (f"in={self.in_features}, out={self.out_features}, W{self.weight_bits}A{a}, group={self.group_size}, "
+                f"rank={self.rank}, shift={self.act_shift:g}, backend={self.backend}")
+
+    def weight_bytes(self) -> int:
+        """Bytes of everything this layer stores (packed codes, scales, low-rank factors, smoothing, bias)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+def _fbgemm_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    """torch.ao dynamic-quantized int8 Linear holding `weight` [out, in] and `bias` [out]."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    fp = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        fp.weight.copy_(weight)
+        fp.bias.copy_(bias)
+    fp.qconfig = per_channel_dynamic_qconfig
+    return DynamicLinear.from_float(fp)

@@ -1,0 +1,106 @@
+"""Quantization math: group-wise symmetric integers, int4 packing, dynamic activation quantization.
+
+Every quantized path in `accelerando.quant` (the reference `SVDQuantLinear` forward, the CPU int8
+path, the Triton kernels) computes exactly what these functions define; kernels are tested
+against them. Conventions, after SVDQuant / nunchaku (Li et al. 2025, arXiv:2411.05007):
+
+- Weights [out, in]: symmetric per group of `group_size` consecutive input channels,
+  scale = absmax / qmax with qmax = 2^(bits-1) - 1, q = clamp(round(w / scale), -qmax - 1, qmax).
+  (int4: scale = absmax / 7, q in [-8, 7].)
+- Activations [tokens, in]: the same rule per token per group, computed at run time (dynamic).
+  Unsigned variant for inputs bounded below (after a shift, GELU/SiLU outputs are >= 0):
+  scale = max / (2^bits - 1), q in [0, 2^bits - 1], which spends no code on the negative half.
+- Rounding is round-half-to-even (`torch.round`); an all-zero group gets scale 1 (q = 0).
+- int4 packing: two values per byte along the input dimension, element 2k in the low nibble and
+  2k + 1 in the high nibble, two's complement (signed) or plain (unsigned).
+
+A quantized GEMM is then  y[t, o] = sum_g sx[t, g] * sw[o, g] * sum_k qx[t, g, k] * qw[o, g, k],
+whose integer inner sums are exact in fp32 for group 64 at 4 and 8 bits (|sum| <= 64 * 128 * 128).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def qrange(bits: int, signed: bool = True) -> tuple[int, int]:
+    """(qmin, qmax) of a `bits`-bit integer: signed two's complement or unsigned."""
+    if bits < 2 or bits > 8:
+        raise ValueError(f"bits={bits}: supported integer widths are 2..8")
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def _grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[..., n] -> [..., n // group_size, group_size]; n must be a multiple of the group."""
+    n = x.shape[-1]
+    if n % group_size:
+        raise ValueError(f"last dimension {n} is not a multiple of group_size={group_size}")
+    return x.reshape(*x.shape[:-1], n // group_size, group_size)
+
+
+def group_scales(x: torch.Tensor, bits: int, group_size: int, signed: bool = True) -> torch.Tensor:
+    """Scales [..., n // group_size] of the symmetric (signed) or max-based (unsigned) quantizer."""
+    g = _grouped(x.float(), group_size)
+    qmin, qmax = qrange(bits, signed)
+    top = g.abs().amax(-1) if signed else g.clamp_min(0).amax(-1)
+    scale = top / qmax
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def quantize_groups(x: torch.Tensor, bits: int, group_size: int, signed: bool = True,
+                    scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., n] -> (q int8 [..., n], scale fp32 [..., n // group_size]).
+
+    `scale` overrides the absmax rule (used by clipping searches: a smaller scale clips outliers).
+    """
+    if scale is None:
+        scale = group_scales(x, bits, group_size, signed)
+    qmin, qmax = qrange(bits, signed)
+    q = torch.round(_grouped(x.float(), group_size) / scale[..., None]).clamp(qmin, qmax)
+    return q.reshape(x.shape).to(torch.int8 if signed or bits < 8 else torch.uint8), scale.float()
+
+
+def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Inverse of `quantize_groups`: q [..., n] and scale [..., n // group_size] -> fp32 [..., n]."""
+    return (_grouped(q.float(), group_size) * scale[..., None]).reshape(q.shape)
+
+
+def fake_quantize(x: torch.Tensor, bits: int, group_size: int, signed: bool = True) -> torch.Tensor:
+    """Quantize then dequantize (fp32, same shape): what a layer sees of x after quantization."""
+    q, scale = quantize_groups(x, bits, group_size, signed)
+    return dequantize_groups(q, scale, group_size)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int8 values in [-8, 7] (or uint8 in [0, 15]) [..., n] -> uint8 [..., n // 2], two per byte."""
+    if q.shape[-1] % 2:
+        raise ValueError(f"int4 packing needs an even last dimension, got {q.shape[-1]}")
+    if q.dtype not in (torch.int8, torch.uint8):
+        raise TypeError(f"pack_int4 takes int8/uint8 codes, got {q.dtype}")
+    nibbles = q.to(torch.int16) & 0xF  # two's complement low nibble
+    return (nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)).to(torch.uint8)
+
+
+def unpack_int4(packed: torch.Tensor, signed: bool = True) -> torch.Tensor:
+    """uint8 [..., m] -> int8 [..., 2m] (signed, [-8, 7]) or uint8 ([0, 15]); inverse of pack_int4."""
+    p = packed.to(torch.int16)
+    low, high = p & 0xF, (p >> 4) & 0xF
+    if signed:  # sign-extend the nibbles
+        low, high = low - ((low & 0x8) << 1), high - ((high & 0x8) << 1)
+    out = torch.stack([low, high], dim=-1).reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+    return out.to(torch.int8 if signed else torch.uint8)
+
+
+def quantized_matmul(qx: torch.Tensor, sx: torch.Tensor, qw: torch.Tensor, sw: torch.Tensor,
+                     group_size: int) -> torch.Tensor:
+    """The integer GEMM a W4A4 / W8A8 kernel computes, in fp32: y [T, O] from activation codes
+    qx [T, K] with scales sx [T, K/g] and weight codes qw [O, K] with scales sw [O, K/g].
+
+    Per group, the integer dot products are exact in fp32; they are scaled by sx * sw and summed
+    over groups (the kernel's accumulation order may differ by fp32 rounding only).
+    """
+    t, k = qx.shape
+    xg = _grouped(qx.float(), group_size)  # [T, G, g]
+    wg = _grouped(qw.float(), group_size)  # [O, G, g]
+    partial = torch.einsum("tgk,ogk->gto", xg, wg)  # [G, T, O] integer-valued
+    return (partial * sx.t()[:, :, None] * sw.t()[:, None, :]).sum(0)

@@ -1,0 +1,336 @@
+"""accelerando.quant: the integer math, SVDQuantLinear, quantize_ on real model classes, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from accelerando.quant import (
+    PRESETS,
+    SVDQuantConfig,
+    SVDQuantLinear,
+    load_quantized,
+    lowrank_refit,
+    preset,
+    quantize_,
+    save_quantized,
+)
+from accelerando.quant.primitives import (
+    dequantize_groups,
+    fake_quantize,
+    group_scales,
+    pack_int4,
+    quantize_groups,
+    quantized_matmul,
+    unpack_int4,
+)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b) ** 2).sum() / (b**2).sum())
+
+
+# --- primitives -------------------------------------------------------------------------------
+
+
+def test_int4_pack_unpack_round_trip():
+    g = torch.Generator().manual_seed(0)
+    signed = torch.randint(-8, 8, (5, 64), generator=g, dtype=torch.int8)
+    unsigned = torch.randint(0, 16, (5, 64), generator=g, dtype=torch.int8)
+    packed = pack_int4(signed)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 32)
+    assert torch.equal(unpack_int4(packed), signed)
+    assert torch.equal(unpack_int4(pack_int4(unsigned), signed=False).to(torch.int8), unsigned)
+    # element 2k in the low nibble: the layout the kernels read
+    assert pack_int4(torch.tensor([[-1, 2]], dtype=torch.int8)).item() == 0x2F
+    with pytest.raises(ValueError, match="even"):
+        pack_int4(torch.zeros(2, 3, dtype=torch.int8))
+
+
+@pytest.mark.parametrize("bits,signed", [(4, True), (4, False), (8, True)])
+def test_group_quantization_error_is_bounded_by_half_a_step(bits, signed):
+    x = torch.randn(6, 128, generator=torch.Generator().manual_seed(1)) * torch.logspace(-2, 2, 128)
+    if not signed:
+        x = x.abs()
+    q, scale = quantize_groups(x, bits, 64, signed)
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    assert int(q.min()) >= lo and int(q.max()) <= hi
+    err = (dequantize_groups(q, scale, 64) - x).reshape(6, 2, 64).abs()
+    assert (err <= scale[..., None] / 2 + 1e-6).all()
+    # the largest value of each group is representable exactly (scale = absmax / qmax)
+    top = dequantize_groups(q, scale, 64).abs().reshape(6, 2, 64).amax(-1)
+    assert torch.allclose(top, x.abs().reshape(6, 2, 64).amax(-1), rtol=1e-6)
+
+
+def test_zero_groups_and_bad_shapes():
+    x = torch.zeros(2, 64)
+    q, scale = quantize_groups(x, 4, 64)
+    assert torch.equal(scale, torch.ones(2, 1)) and not q.any()
+    assert torch.equal(fake_quantize(x, 4, 64), x)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        group_scales(torch.zeros(2, 48), 4, 64)
+
+
+def test_integer_gemm_equals_dequantized_product():
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(9, 128, generator=g), torch.randn(16, 128, generator=g)
+    qx, sx = quantize_groups(x, 4, 64)
+    qw, sw = quantize_groups(w, 4, 64)
+    y = quantized_matmul(qx, sx, qw, sw, 64)
+    ref = dequantize_groups(qx, sx, 64) @ dequantize_groups(qw, sw, 64).t()
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+# --- the layer --------------------------------------------------------------------------------
+
+
+def test_lowrank_refit_never_increases_the_error():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(96, 128, generator=g)
+    w[:, 5] *= 25  # an outlier input channel, as smoothing leaves in W
+    up, down, errors = lowrank_refit(w, 16, 4, 64, iters=6)
+    final = float((w - up @ down - fake_quantize(w - up @ down, 4, 64)).norm())
+    assert final == pytest.approx(min(errors), rel=1e-5)
+    assert min(errors) <= errors[0]
+    plain = float((w - fake_quantize(w, 4, 64)).norm())
+    assert final < plain  # the branch took the outlier out of the quantized residual
+
+
+def test_weight_only_layer_applies_its_effective_weight_and_the_shift_is_exact():
+    g = torch.Generator().manual_seed(4)
+    lin = nn.Linear(128, 32)
+    x = torch.nn.functional.gelu(torch.randn(20, 128, generator=g) * 3)
+    smooth = torch.rand(128, generator=g) + 0.5
+    layer = SVDQuantLinear.from_linear(lin, 4, None, 64, rank=8, smooth=smooth, act_shift=0.17, act_signed=False)
+    eff = layer.effective_weight()
+    assert torch.allclose(layer(x), x @ eff.t() + lin.bias.detach(), rtol=1e-4, atol=1e-5)
+    assert _rel(eff, lin.weight.detach()) < 0.02  # 4-bit residual + rank-8 branch of a random weight
+
+
+def test_unsigned_codes_are_used_after_gelu():
+    g = torch.Generator().manual_seed(5)
+    model = nn.Sequential()
+    model.add_module("fc1", nn.Linear(64, 128))
+    model.add_module("act", nn.GELU())
+    model.add_module("fc2", nn.Linear(128, 64))
+    x = torch.randn(64, 64, generator=g) * 2
+    report = quantize_(model, SVDQuantConfig(rank=8, skip=()), calib=[x])
+    table = report.table().set_index("name")
+    assert bool(table.loc["fc1", "act_signed"]) is True  # LayerNorm-like signed input
+    assert bool(table.loc["fc2", "act_signed"]) is False and 0 < table.loc["fc2", "act_shift"] <= 0.2785
+
+
+def test_svdquant_beats_its_ablations_on_outlier_activations():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(512, 256, generator=g)
+    x[:, 3] *= 30
+    x[:, 77] *= 20
+    lin = nn.Linear(256, 128)
+    ref = lin(x).detach()
+    errors = {}
+    for method in PRESETS:
+        model = nn.Sequential()
+        model.add_module("fc", nn.Linear(256, 128))
+        model.fc.load_state_dict(lin.state_dict())
+        quantize_(model, preset(method, skip=()), calib=[x[:256]])
+        errors[method] = _rel(model(x).detach(), ref)  # scored on rows the calibration did not see too
+    assert errors["svdquant"] < errors["smoothquant"] < errors["rtn"]
+    assert errors["svdquant"] < errors["svd"] < errors["rtn"]
+
+
+# --- quantize_ on the real model classes ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_dit():
+    from diffusers import StableAudioDiTModel
+
+    from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG
+
+    torch.manual_seed(0)
+    return StableAudioDiTModel(**DIT_TINY_CONFIG).eval()
+
+
+def _dit_inputs(dit, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = dit.config
+    return dict(hidden_states=torch.randn(2, c.in_channels, 24, generator=g),
+                timestep=torch.tensor([0.3, 0.7]),
+                encoder_hidden_states=torch.randn(2, 5, c.cross_attention_input_dim, generator=g),
+                global_hidden_states=torch.randn(2, 1, c.global_states_input_dim, generator=g),
+                return_dict=False)
+
+
+def _copy(module):
+    import copy
+
+    return copy.deepcopy(module)
+
+
+def test_quantize_a_tiny_dit_end_to_end_and_report_skips(tiny_dit):
+    dit = _copy(tiny_dit)
+    with torch.no_grad():
+        ref = tiny_dit(**_dit_inputs(tiny_dit))[0]
+    calib = [_dit_inputs(tiny_dit, s) for s in range(3)]
+    report = quantize_(dit, SVDQuantConfig(weight_bits=8, act_bits=8, group_size=16, rank=4), calib=calib)
+    skipped = report.skipped
+    assert any("proj_in" in n for n in skipped) and any("timestep_proj" in n for n in skipped)
+    assert all("skip pattern" in r or "not a multiple" in r for r in skipped.values())
+    assert len(report.quantized) == 2 * 10  # two blocks x (4 self-attn + 4 cross-attn + 2 ff)
+    assert all(isinstance(dict(dit.named_modules())[n], SVDQuantLinear) for n in report.quantized)
+    with torch.no_grad():
+        out = dit(**_dit_inputs(tiny_dit))[0]
+    assert torch.isfinite(out).all() and _rel(out, ref) < 1e-3  # W8A8 is close
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_(dit, SVDQuantConfig(group_size=16), calib=calib)
+
+
+def test_groups_that_do_not_divide_are_skipped_not_broken(tiny_dit):
+    dit = _copy(tiny_dit)
+    report = quantize_(dit, SVDQuantConfig(group_size=32, rank=0, smoothing="off"))
+    assert report.skipped["transformer_blocks.0.attn2.to_k"].startswith("in_features 16")
+    assert isinstance(dit.transformer_blocks[0].attn2.to_k, nn.Linear)
+    assert isinstance(dit.transformer_blocks[0].attn1.to_q, SVDQuantLinear)
+
+
+def test_save_load_round_trip_is_identical_and_refuses_another_config(tmp_path, tiny_dit):
+    from diffusers import StableAudioDiTModel
+
+    dit = _copy(tiny_dit)
+    quantize_(dit, SVDQuantConfig(group_size=16, rank=4, smoothing=0.5), calib=[_dit_inputs(tiny_dit)])
+    save_quantized(dit, tmp_path / "q")
+    fresh = StableAudioDiTModel(**tiny_dit.config)  # other random weights: all replaced on load
+    load_quantized(fresh, tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(fresh(**_dit_inputs(tiny_dit))[0], dit(**_dit_inputs(tiny_dit))[0])
+    other = StableAudioDiTModel(**{**tiny_dit.config, "num_layers": 1})
+    with pytest.raises(ValueError, match="another config"):
+        load_quantized(other, tmp_path / "q")
+    with pytest.raises(FileNotFoundError, match="save_quantized"):
+        load_quantized(fresh, tmp_path / "nothing")
+    with pytest.raises(ValueError, match="quantize_"):
+        save_quantized(tiny_dit, tmp_path / "plain")
+
+
+def test_quantize_a_tiny_musicgen_decoder():
+    from accelerando.models.musicgen import build_musicgen
+
+    model = build_musicgen("tiny").eval()
+    decoder = model.decoder
+    ids = torch.randint(0, decoder.config.vocab_size, (2 * decoder.config.num_codebooks, 12),
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = decoder(input_ids=ids).logits
+    report = quantize_(decoder, SVDQuantConfig(weight_bits=8, act_bits=8, group_size=16, rank=4),
+                       calib=lambda m: m(input_ids=ids))
+    assert report.quantized and all("lm_heads" in n for n in report.skipped if "lm_head" in n)
+    with torch.no_grad():
+        out = decoder(input_ids=ids).logits
+    assert torch.isfinite(out).all() and _rel(out, ref) < 1e-2
+
+
+def test_int8_cpu_path_tracks_the_reference():
+    g = torch.Generator().manual_seed(7)
+    lin = nn.Linear(128, 64)
+    x = torch.randn(40, 128, generator=g)
+    layer = SVDQuantLinear.from_linear(lin, 8, 8, 64, rank=8)
+    ref = layer(x)
+    layer.backend = "int8-cpu"
+    out = layer(x)
+    assert _rel(out, ref) < 1e-3 and _rel(out, lin(x).detach()) < 1e-3
+
+
+def test_config_errors_name_the_fix():
+    with pytest.raises(ValueError, match="use 4 or 8"):
+        SVDQuantConfig(weight_bits=3)
+    with pytest.raises(ValueError, match="W8A8 only"):
+        SVDQuantConfig(backend="int8-cpu")
+    with pytest.raises(ValueError, match="unknown SVDQuantConfig fields"):
+        SVDQuantConfig.from_dict({"rnak": 3})
+    with pytest.raises(ValueError, match="unknown method"):
+        preset("gptq")
+    model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(ValueError, match="pass calib="):
+        quantize_(model, SVDQuantConfig(skip=()))
+    assert SVDQuantConfig.from_dict(SVDQuantConfig(rank=8).to_dict()) == SVDQuantConfig(rank=8)
+
+
+def test_phase_coherent_objective_scores_candidates_on_decoded_audio():
+    from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
+    from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite
+    from accelerando.quant.objectives import pipeline_calibration, stft_distance
+
+    pipe = build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
+    calib, audio_fn = pipeline_calibration(pipe, ["a folk song", "a chorale"], steps=2, seconds=0.25)
+    reference, sr = audio_fn()
+    config = SVDQuantConfig(group_size=16, rank=2, alpha_grid=(0.3, 0.6), objective="stft_complex", audio_candidates=2)
+    with pytest.raises(ValueError, match="audio_fn="):
+        quantize_(_copy(pipe.transformer), config, calib=calib)
+    report = quantize_(pipe.transformer, config, calib=calib, audio_fn=audio_fn)
+    table = report.table()
+    chosen = table[table.status == "quantized"]
+    assert chosen.audio_error.notna().all() and (chosen.layer_rank_of_choice < 2).all()
+    after, _ = audio_fn()
+    assert 0 < stft_distance(reference, after, sr, "stft_complex") < float("inf")
+    assert stft_distance(reference, reference, sr, "stft_magnitude") == 0.0
+
+
+# --- the benchmark pieces ---------------------------------------------------------------------
+
+
+def test_weight_bytes_from_skeletons_equal_the_quantized_model(tiny_dit):
+    from accelerando.bench.quant import quantized_weight_bytes
+
+    config = SVDQuantConfig(group_size=16, rank=4, smoothing="off")
+    predicted = quantized_weight_bytes(tiny_dit, config)
+    dit = _copy(tiny_dit)
+    quantize_(dit, config)
+    stored = sum(t.numel() * (2 if t.is_floating_point() and not isinstance(m, SVDQuantLinear) else t.element_size())
+                 for m in dit.modules() for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
+    assert predicted["quantized_bytes"] == stored
+    assert predicted["fp16_bytes"] == 2 * sum(p.numel() for p in tiny_dit.parameters())
+    assert predicted["quantized_layers"] == 20 and predicted["ratio"] > 1
+
+
+def test_int8_block_speed_record_on_a_tiny_config():
+    from accelerando.bench.quant import int8_block_speed
+    from accelerando.models.stable_audio_lite import DIT_LITE_CONFIG
+
+    rec = int8_block_speed(DIT_LITE_CONFIG, seconds=1.0, rank=8, rounds=1, text_tokens=8)
+    assert rec["quantized_layers"] == 10 and rec["relative_error"] < 1e-2
+    assert rec["fp32_speedup_vs_baseline"] == 1.0 and rec["int8+lowrank_latency_s_min"] > 0
+
+
+def test_fidelity_records_rank_bit_widths_and_restore_the_pipeline():
+    from accelerando.bench.quant import fidelity_to_full_precision
+    from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
+    from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite
+
+    pipe = build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
+    original = pipe.transformer
+    configs = {"w8a8": preset("rtn", 8, 8, group_size=16), "w4a4": preset("rtn", 4, 4, group_size=16)}
+    rows = list(fidelity_to_full_precision(pipe, configs, ["a folk song"], ["a chorale", "a march", "a reel"],
+                                           steps=2, seconds=0.5, calib_steps=1, calib_seconds=0.25))
+    assert pipe.transformer is original and not any(isinstance(m, SVDQuantLinear) for m in original.modules())
+    assert len(rows) == 6 and all(r["quantized_layers"] == 20 for r in rows)
+    mean = lambda m, k: sum(r[k] for r in rows if r["method"] == m) / 3  # noqa: E731
+    assert mean("w8a8", "si_sdr") > mean("w4a4", "si_sdr")
+    assert mean("w8a8", "complex_mrstft") < mean("w4a4", "complex_mrstft")
+
+
+@pytest.mark.parametrize("method", ["torchao-w8", "quanto-w8", "quanto-w4"])
+def test_external_weight_only_baselines_touch_the_same_layers(tiny_dit, method):
+    from accelerando.quant.baselines import quantize_external
+
+    dit = _copy(tiny_dit)
+    with torch.no_grad():
+        ref = tiny_dit(**_dit_inputs(tiny_dit))[0]
+    targets = quantize_external(dit, method)
+    assert len(targets) == 20 and not any("proj_in" in n or "timestep_proj" in n for n in targets)
+    assert type(dit.proj_in) is nn.Linear and type(dit.proj_in.weight) is nn.Parameter  # skipped: untouched
+    with torch.no_grad():
+        out = dit(**_dit_inputs(tiny_dit))[0]
+    assert _rel(out, ref) < (1e-3 if method.endswith("w8") else 5e-2)
+    with pytest.raises(ValueError, match="unknown external method"):
+        quantize_external(dit, "gptq")
