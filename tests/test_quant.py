@@ -334,3 +334,15 @@ def test_external_weight_only_baselines_touch_the_same_layers(tiny_dit, method):
     assert _rel(out, ref) < (1e-3 if method.endswith("w8") else 5e-2)
     with pytest.raises(ValueError, match="unknown external method"):
         quantize_external(dit, "gptq")
+
+
+def test_windowed_render_equals_the_pipelines_full_decode():
+    from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
+    from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite, generate
+    from accelerando.quant.objectives import render
+
+    pipe = build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
+    window, sr = render(pipe, ["a folk song", "a chorale"], seconds=0.3, steps=2, seed=3)
+    full, _ = generate(pipe, ["a folk song", "a chorale"], seconds=0.3, steps=2, seed=3, output_type="pt")
+    assert window.shape == torch.as_tensor(full).shape
+    assert torch.allclose(window, torch.as_tensor(full), atol=1e-5)

@@ -24,7 +24,7 @@ from torch import nn
 from ..quant import SVDQuantConfig, SVDQuantLinear, quantize_
 from ..quant.api import default_filter
 from ..quant.baselines import quantize_external
-from ..quant.objectives import pipeline_calibration
+from ..quant.objectives import pipeline_calibration, render
 from .measure import compare
 
 
@@ -54,27 +54,25 @@ def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig) -> dict:
 def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], calib_prompts: list[str],
                                eval_prompts: list[str], *, steps: int = 25, seconds: float = 4.0,
                                calib_steps: int = 8, calib_seconds: float = 2.0, guidance_scale: float = 6.0,
-                               batch_size: int = 8, seed: int = 0) -> Iterator[dict]:
+                               batch_size: int = 8, seed: int = 0, keep_audio: int = 0) -> Iterator[dict]:
     """Per config and evaluation prompt, one record of fidelity to the full-precision output.
 
     A config is an `SVDQuantConfig` or the name of an external weight-only baseline
     (`accelerando.quant.baselines.EXTERNAL_METHODS`). The transformer is quantized on a copy; the
     pipeline's own transformer is restored after each config. Records: method, prompt index,
-    mrstft, complex_mrstft, si_sdr, lsd, quantize_seconds, quantized_layers.
+    mrstft, complex_mrstft, si_sdr, lsd, quantize_seconds, quantized_layers; the first
+    `keep_audio` prompts' records also carry "audio" and "reference_audio" ([channels, samples]
+    numpy) and "sr", for listening.
     """
     from ..metrics.fidelity import complex_mrstft_distance, log_spectral_distance, mrstft_distance, si_sdr
-    from ..models.stable_audio_lite import generate
 
-    def render(prompts):
-        clips = []
-        for i in range(0, len(prompts), batch_size):
-            audio, sr = generate(pipe, prompts[i: i + batch_size], seconds=seconds, steps=steps,
-                                 guidance_scale=guidance_scale, seed=seed + i, output_type="pt")
-            clips.append(torch.as_tensor(audio))
-        return torch.cat(clips), sr
+    def render_all(prompts):
+        clips = [render(pipe, prompts[i: i + batch_size], seconds, steps, guidance_scale, seed + i)
+                 for i in range(0, len(prompts), batch_size)]
+        return torch.cat([c for c, _ in clips]), clips[0][1]
 
     original = pipe.transformer
-    reference, sr = render(eval_prompts)
+    reference, sr = render_all(eval_prompts)
     for method, config in configs.items():
         dit = copy.deepcopy(original)
         pipe.transformer = dit
@@ -87,11 +85,12 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
             else:
                 quantized = quantize_(dit, config, calib=calib, audio_fn=audio_fn).quantized
             spent = time.perf_counter() - start
-            audio, _ = render(eval_prompts)
+            audio, _ = render_all(eval_prompts)
         finally:
             pipe.transformer = original
         for i, (ref, gen) in enumerate(zip(reference.numpy(), audio.numpy())):
-            yield {
+            listen = {"audio": gen, "reference_audio": ref, "sr": sr} if i < keep_audio else {}
+            yield listen | {
                 "method": method, "config": getattr(config, "name", config),
                 "objective": getattr(config, "objective", None), "prompt": i,
                 "mrstft": mrstft_distance(ref, gen, sr), "complex_mrstft": complex_mrstft_distance(ref, gen, sr),

@@ -111,7 +111,7 @@ def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuan
     if len(candidates) > 1:  # one refit iteration per candidate keeps the search cheap
         ranked = sorted(((pair, score(build(pair, 1, config.rank))) for pair in candidates), key=lambda t: t[1])
     best_pair, audio_error = ranked[0][0], None
-    if audio_score is not None:
+    if audio_score is not None and len(ranked) > 1 and config.audio_candidates > 1:  # else nothing to choose
         tried = [(pair, audio_score(build(pair, 1, config.rank))) for pair, _ in ranked[: config.audio_candidates]]
         best_pair, audio_error = min(tried, key=lambda t: t[1])
     layer = build(best_pair, config.refit_iters, config.rank)

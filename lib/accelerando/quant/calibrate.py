@@ -85,3 +85,29 @@ def record_inputs(model: nn.Module, names: Iterable[str], run: Callable[[nn.Modu
     if len(silent) == len(recorders) and recorders:
         raise ValueError("the calibration run never called the layers to quantize: check that `calib` runs this model")
     return {n: r.stats for n, r in recorders.items() if r.stats.tokens}
+
+
+def outlier_table(model: nn.Module, stats: dict[str, InputStats]) -> "pd.DataFrame":
+    """One row per recorded linear: how concentrated its input and weight ranges are.
+
+    act_ratio = max_j max|X_j| / median_j max|X_j| over input channels j (a few channels far above
+    the rest are what per-group activation codes cannot hold); weight_ratio the same over the
+    weight's input columns; step_spread = largest / smallest per-call input range (how much the
+    range moves across denoising steps when the model is called once per step).
+    """
+    import pandas as pd
+
+    modules = dict(model.named_modules())
+    rows = []
+    for name, s in stats.items():
+        w = modules[name].weight.detach().float().abs().amax(0).cpu()
+        per_call = s.per_call_range()
+        rows.append({
+            "layer": name,
+            "act_absmax": float(s.absmax.max()),
+            "act_ratio": float(s.absmax.max() / s.absmax.median().clamp_min(1e-12)),
+            "weight_ratio": float(w.max() / w.median().clamp_min(1e-12)),
+            "act_min": s.minimum,
+            "step_spread": float(per_call.max() / per_call.min().clamp_min(1e-12)) if len(per_call) else None,
+        })
+    return pd.DataFrame(rows)

@@ -176,8 +176,12 @@ class SVDQuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = self.backend
-        if backend == "auto":
-            backend = "triton" if x.is_cuda and self._triton_ok() else "reference"
+        w4a4 = self.weight_bits == 4 and self.act_bits == 4
+        if backend == "auto":  # the Triton kernels compute W4A4 only; every other width runs the reference
+            backend = "triton" if x.is_cuda and w4a4 and self._triton_ok() else "reference"
+        if backend == "triton" and not w4a4:
+            raise ValueError(f"backend='triton' runs W4A4 layers; this one is W{self.weight_bits}A{self.act_bits}: "
+                             "use backend='auto' or 'reference'")
         if backend == "int8-cpu":
             return self._forward_int8(x)
         if backend == "triton":
