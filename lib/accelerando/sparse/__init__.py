@@ -1,0 +1,15 @@
+"""WP2 SIGE-Audio: editing that recomputes only what an edit touches.
+
+- `decoder`: the Oobleck decoder's reach from its convolutions; windowed and cached (SIGE-style)
+  sparse re-decoding, exact to float rounding.
+- `dit`: sparse DiT steps: the edited tokens only, attending to cached keys/values of the rest.
+- `session`: `EditSession(pipe)`: generate, edit a region (RePaint-style inpainting on the
+  cached trajectory, dense or sparse), undo.
+"""
+
+from .decoder import CachedDecoder, decode_window, decoder_segments, receptive_field
+from .dit import KVCacheAttention, dit_forward
+from .session import EditSession
+
+__all__ = ["CachedDecoder", "EditSession", "KVCacheAttention", "decode_window", "decoder_segments", "dit_forward",
+           "receptive_field"]

@@ -1,0 +1,191 @@
+"""WP2 SIGE-Audio: sparse re-decoding is exact, sparse DiT steps reduce to dense ones, edits hold the
+rest of the track, and bad requests are refused with the fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
+from accelerando.models.stable_audio import build_stable_audio
+from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite, generate
+from accelerando.sparse import CachedDecoder, EditSession, decode_window, receptive_field
+from accelerando.sparse.dit import KVCacheAttention, dit_forward
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return build_autoencoder_lite(AUTOENCODER_TINY_CONFIG).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
+
+
+def _decode(vae, z):
+    with torch.no_grad():
+        return vae.decode(z).sample
+
+
+@pytest.mark.parametrize("regions", [[(0, 3)], [(37, 38)], [(60, 64)], [(5, 9), (40, 52)], [(0, 64)]])
+def test_sparse_decode_equals_full_decode(vae, regions):
+    """Random edits, the track's ends included, several at once: cached and windowed re-decoding
+    both give the full decode's samples to float rounding."""
+    gen = torch.Generator().manual_seed(len(regions))
+    z = torch.randn(2, 4, 64, generator=gen)
+    dec = CachedDecoder(vae)
+    assert torch.allclose(dec.decode(z), _decode(vae, z), atol=1e-6)
+    z2 = z.clone()
+    for a, b in regions:
+        z2[..., a:b] = torch.randn(2, 4, b - a, generator=gen)
+    full = _decode(vae, z2)
+    scale = full.abs().max()
+    assert (dec.update(z2) - full).abs().max() <= 1e-5 * scale
+    assert dec.last_update["frames"] == regions if len(regions) > 1 else True
+    win = decode_window(vae, z2, 1000, 9000)
+    assert (win - full[..., 1000:9000]).abs().max() <= 1e-5 * scale
+    # a second edit on top of the first: the cache follows the track
+    z3 = z2.clone()
+    z3[..., 30:31] += 1
+    assert (dec.update(z3) - _decode(vae, z3)).abs().max() <= 1e-5 * scale
+
+
+def test_unedited_samples_outside_the_reach_are_bit_identical(vae):
+    z = torch.randn(1, 4, 64)
+    dec = CachedDecoder(vae)
+    before = dec.decode(z)
+    z2 = z.clone()
+    z2[..., 30:34] = 0
+    after = dec.update(z2)
+    (lo, hi), = dec.last_update["samples"]
+    assert torch.equal(before[..., :lo], after[..., :lo]) and torch.equal(before[..., hi:], after[..., hi:])
+    assert not torch.equal(before[..., lo:hi], after[..., lo:hi])
+
+
+def test_receptive_field_from_the_index_algebra_matches_a_measured_impulse(vae):
+    """Perturb one latent frame: the samples that change lie inside the derived reach, and reach
+    (within one hop) its ends: the algebra is neither wrong nor loose."""
+    rf = receptive_field(vae)
+    z = torch.randn(1, 4, 64)
+    z2 = z.clone()
+    z2[..., 32] += 3.0
+    changed = ((_decode(vae, z2) - _decode(vae, z)).abs() > 0).flatten().nonzero().flatten()
+    hop = rf["hop"]
+    left, right = 32 * hop - changed.min().item(), changed.max().item() + 1 - 33 * hop
+    assert 0 <= left <= rf["spread_samples_left"] and 0 <= right <= rf["spread_samples_right"]
+    assert rf["spread_samples_left"] - left < hop and rf["spread_samples_right"] - right < hop
+
+
+def test_decoder_refuses_bad_latents(vae):
+    dec = CachedDecoder(vae)
+    with pytest.raises(RuntimeError, match="decode"):
+        dec.update(torch.zeros(1, 4, 16))
+    with pytest.raises(ValueError, match="NaN"):
+        dec.decode(torch.full((1, 4, 16), float("nan")))
+    with pytest.raises(ValueError, match="channels"):
+        dec.decode(torch.zeros(1, 3, 16))
+    dec.decode(torch.zeros(1, 4, 16))
+    with pytest.raises(ValueError, match="new track"):
+        dec.update(torch.zeros(1, 4, 20))
+    with pytest.raises(ValueError, match="inside"):
+        decode_window(vae, torch.zeros(1, 4, 16), 0, 10**9)
+
+
+def test_dit_forward_dense_equals_stock_and_sparse_over_everything_equals_dense(tiny_pipe):
+    tr = tiny_pipe.transformer
+    gen = torch.Generator().manual_seed(0)
+    T = tr.config.sample_size
+    x = torch.randn(2, tr.config.in_channels, T, generator=gen)
+    enc = torch.randn(2, 7, tr.config.cross_attention_input_dim, generator=gen)
+    glob = torch.randn(2, 1, tr.config.global_states_input_dim, generator=gen)
+    from accelerando.models.stable_audio_lite import rotary
+
+    rot, t = rotary(tiny_pipe, T), torch.tensor([0.3])
+    with torch.no_grad():
+        stock = tr(x, t, encoder_hidden_states=enc, global_hidden_states=glob, rotary_embedding=rot, return_dict=False)[0]
+        cache = KVCacheAttention.install(tr)
+        try:
+            dense = dit_forward(tr, cache, x, t, enc, glob, rot)
+            every = dit_forward(tr, cache, x, t, enc, glob, rot, frames=torch.arange(T))
+            part = dit_forward(tr, cache, x, t, enc, glob, rot, frames=torch.arange(3, 9))
+        finally:
+            KVCacheAttention.uninstall(tr)
+    assert torch.allclose(dense, stock, atol=1e-6)
+    assert torch.allclose(every, dense, atol=1e-6)
+    assert torch.allclose(part, dense[..., 3:9], atol=1e-6)  # same input: cached K/V are exact
+
+
+def test_session_generates_what_the_pipeline_generates(tiny_pipe):
+    ref, sr = generate(tiny_pipe, "a chorale in D major", seconds=0.6, steps=4, seed=2)
+    session = EditSession(tiny_pipe, steps=4)
+    audio = session.generate("a chorale in D major", seconds=0.6, seed=2)
+    assert audio.shape == ref.shape and np.allclose(audio, ref, atol=1e-6)
+
+
+def test_edits_hold_the_rest_and_sparse_reduces_to_dense(tiny_pipe):
+    session = EditSession(tiny_pipe, steps=4)
+    before = session.generate(["a chorale in D major", "a drum groove"], seconds=0.7, seed=0)
+    dense = session.edit(0.2, 0.35, prompt=["a snare fill", "a bass line"], mode="dense", seed=7)
+    (lo, hi), = session.decoder.last_update["samples"]
+    assert np.array_equal(dense[..., :lo], before[..., :lo]) and np.array_equal(dense[..., hi:], before[..., hi:])
+    assert not np.allclose(dense[..., lo:hi], before[..., lo:hi])
+    assert session.latents.shape[0] == 2
+    undone = session.undo()
+    assert np.allclose(undone, before, atol=1e-6)
+    # a dense pass at every step is the dense edit, through the sparse code path
+    every = session.edit(0.2, 0.35, prompt=["a snare fill", "a bass line"], mode="sparse", refresh_every=1, seed=7)
+    assert np.allclose(every, dense, atol=1e-6)
+    session.undo()
+    sparse = session.edit(0.2, 0.35, prompt=["a snare fill", "a bass line"], mode="sparse", refresh_every=0, seed=7)
+    assert np.isfinite(sparse).all() and session.last_edit["sparse_steps"] == 4
+    assert np.array_equal(sparse[..., :lo], before[..., :lo])
+    # strength < 1 starts later in the schedule
+    session.edit(0.1, 0.2, strength=0.5, seed=3)
+    assert session.last_edit["begin_step"] == 2 and len(session.takes[-1].trajectory) == 5
+
+
+def test_session_runs_the_full_size_code_path():
+    pipe = build_stable_audio("tiny")  # Stable Audio Open's classes (T5 conditioning), random weights
+    session = EditSession(pipe, steps=2, keep_kv=False)
+    audio = session.generate("a chorale", seconds=1.0, seed=0)
+    edited = session.edit(0.3, 0.6, refresh_every=2)
+    assert audio.shape == edited.shape == (1, 2, 44100)
+    assert session.last_edit["dense_steps"] == 1 and session.last_edit["sparse_steps"] == 1
+
+
+def test_bad_edit_requests_name_the_fix(tiny_pipe):
+    session = EditSession(tiny_pipe, steps=2)
+    with pytest.raises(RuntimeError, match="generate"):
+        session.edit(0.1, 0.2)
+    with pytest.raises(RuntimeError, match="undo"):
+        session.undo()
+    session.generate("music", seconds=0.6)
+    for args, kwargs, match in [
+        ((0.5, 0.9), {}, "outside"),
+        ((-0.1, 0.2), {}, "outside"),
+        ((0.3, 0.3), {}, "empty or reversed"),
+        ((0.4, 0.2), {}, "empty or reversed"),
+        ((0.1, 0.11), {}, "one latent frame"),
+        ((0.1, 0.3), {"mode": "fast"}, "mode"),
+        ((0.1, 0.3), {"strength": 0.0}, "strength"),
+        ((0.1, 0.3), {"prompt": ""}, "empty"),
+        ((0.1, 0.3), {"prompt": ["a", "b"]}, "one per track"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            session.edit(*args, **kwargs)
+    light = EditSession(tiny_pipe, steps=2, keep_kv=False)
+    light.generate("music", seconds=0.6)
+    with pytest.raises(ValueError, match="keep_kv"):
+        light.edit(0.1, 0.3, refresh_every=0)
+    original = tiny_pipe.scheduler
+    try:
+        from diffusers import CosineDPMSolverMultistepScheduler
+
+        tiny_pipe.scheduler = CosineDPMSolverMultistepScheduler(**{**original.config, "sigma_max": 100.0})
+        with pytest.raises(RuntimeError, match="changed"):
+            session.edit(0.1, 0.3)
+    finally:
+        tiny_pipe.scheduler = original
