@@ -189,3 +189,51 @@ def test_bad_edit_requests_name_the_fix(tiny_pipe):
             session.edit(0.1, 0.3)
     finally:
         tiny_pipe.scheduler = original
+
+
+@pytest.fixture(scope="module")
+def musicgen_tree():
+    from accelerando.models.musicgen import build_musicgen
+    from accelerando.sparse import PrefixTree
+
+    model = build_musicgen("tiny")
+    text = torch.randint(0, model.text_encoder.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
+    return model, PrefixTree(model, text)
+
+
+def test_prefix_cache_gives_the_logits_of_recomputation(musicgen_tree):
+    """Branch twice (an edit of an edit): the stored prefix keys/values, sliced along the path,
+    give the logits and keys of decoding the branch's whole sequence in one uncached forward."""
+    model, tree = musicgen_tree
+    root = tree.generate(16, seed=0)
+    edit = tree.branch(root, at=9, seed=1)
+    again = tree.branch(edit, at=12, seed=2)
+    ids = tree._inputs(again, again.end)
+    assert ids.shape == (2 * 4, 17)
+    assert torch.equal(ids[:, 1:10], tree.tokens(root)[:, :9]) and torch.equal(ids[:, 10:13], tree.tokens(edit)[:, 9:12])
+    with torch.no_grad():
+        full = model(encoder_outputs=tree.encoder_outputs, decoder_input_ids=ids[:, :-1], use_cache=True)
+        cached = model(encoder_outputs=tree.encoder_outputs, decoder_input_ids=ids[:, 12:-1],
+                       past_key_values=tree._cache_for(again, 12), use_cache=True)
+    assert torch.allclose(cached.logits, full.logits[:, 12:], atol=1e-5)
+    stored = tree._cache_for(again, again.end).self_attention_cache
+    for mine, ref in zip(stored.layers, full.past_key_values.self_attention_cache.layers):
+        assert torch.allclose(mine.keys, ref.keys, atol=1e-5) and torch.allclose(mine.values, ref.values, atol=1e-5)
+    # same seed, with or without the stored prefix: the same tokens
+    a = tree.branch(root, at=5, seed=3, temperature=0.0)
+    b = tree.branch(root, at=5, seed=3, temperature=0.0, reuse=False)
+    assert torch.equal(a.tokens, b.tokens)
+    assert tree.nbytes() < tree.unshared_nbytes()
+
+
+def test_prefix_tree_refuses_bad_branches(musicgen_tree):
+    _, tree = musicgen_tree
+    root = tree.generate(4, seed=0)
+    with pytest.raises(ValueError, match="inside"):
+        tree.branch(root, at=4)
+    with pytest.raises(ValueError, match="inside"):
+        tree.branch(root, at=0)
+    with pytest.raises(ValueError, match="positions"):
+        tree.branch(root, at=2, frames=10**6)
+    with pytest.raises(ValueError, match="at least one"):
+        tree.generate(0)

@@ -3,6 +3,7 @@
     python -m accelerando.bench baseline --preset tiny --json
     python -m accelerando.bench baseline --preset full --seconds 1 10 47.55 --threads 2 --json
     python -m accelerando.bench quant --prompts 32 --json
+    python -m accelerando.bench sparse --json
 """
 
 from __future__ import annotations
@@ -93,6 +94,53 @@ def quant(args) -> list[dict]:
     return records
 
 
+def sparse(args) -> list[dict]:
+    """WP2: sparse re-decoding and sparse DiT steps on the full-size config (random weights) for
+    speed, end-to-end edit vs regeneration, and edit fidelity on the trained Stable-Audio-Lite."""
+    from ..data import build_corpus, preset as corpus_preset
+    from ..metrics.stats import bootstrap_ci
+    from ..models.stable_audio import build_stable_audio
+    from ..models.stable_audio_lite import load_stable_audio_lite
+    from .sparse import decoder_speed, dit_step_speed, edit_fidelity, end_to_end, project_speedup
+
+    records = []
+    if not args.skip_speed:
+        pipe = build_stable_audio(args.preset)
+        frames = pipe.transformer.config.sample_size
+        for rec in decoder_speed(pipe.vae, frames, args.fractions, rounds=args.rounds, seed=args.seed):
+            records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
+        for rec in dit_step_speed(pipe.transformer, frames, args.fractions, margin=args.margin, rounds=args.rounds,
+                                  seed=args.seed):
+            records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
+        seconds = frames * pipe.vae.hop_length / pipe.vae.config.sampling_rate
+        rec = end_to_end(pipe, seconds=seconds, steps=args.e2e_steps, fraction=0.1,
+                         refresh_every=args.e2e_steps, margin=args.margin, seed=args.seed)
+        rec["projected_speedup_at_steps"] = {n: project_speedup(rec, n) for n in (25, 50, 100)}
+        records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
+        del pipe
+    if args.skip_fidelity:
+        return records
+    corpus = build_corpus(corpus_preset(args.corpus, sample_rate=22050))
+    test = [c.caption for c in corpus.filter(split="test")]
+    prompts, edits = test[: args.prompts], (test[args.prompts:] + test)[: args.prompts]
+    rows, _ = edit_fidelity(load_stable_audio_lite(), prompts, edits, fractions=args.fractions, steps=args.steps,
+                            seconds=args.seconds, refresh=args.refresh, margins=[], margin=args.margin,
+                            seed=args.seed)
+    for f in args.fractions:
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["fraction"] == f and r["variant"] == variant]
+            summary = {"measure": "edit_fidelity", "model": "stable-audio-lite", "fraction": f, "variant": variant,
+                       "n": len(mine), "steps": args.steps, "seconds": args.seconds}
+            for metric in ("mrstft_to_dense", "complex_mrstft_to_dense", "seam_jump"):
+                if metric in mine[0] and variant != "dense":
+                    est = bootstrap_ci([r[metric] for r in mine], seed=args.seed)
+                    summary[metric] = {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high}
+            if "outside_reach_identical" in mine[0]:
+                summary["outside_reach_identical"] = all(r["outside_reach_identical"] for r in mine)
+            records.append(_print(summary, args.json))
+    return records
+
+
 def _print(record: dict, as_json: bool) -> dict:
     """One non-latency record: JSON, or a compact line."""
     if as_json:
@@ -146,7 +194,30 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--threads", type=int, default=1, help="torch threads (fixed and recorded)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--json", action="store_true", help="one JSON object per record on stdout")
+    s = sub.add_parser("sparse", help="WP2 SIGE-Audio: sparse re-decode, sparse DiT steps, edit fidelity")
+    s.add_argument("--preset", choices=["full", "small", "tiny"], default="full",
+                   help="Stable Audio Open size of the speed measurements (random weights)")
+    s.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.25, 0.5],
+                   help="edited fraction of the track")
+    s.add_argument("--margin", type=int, default=8, help="latent frames computed fresh each side of a sparse edit")
+    s.add_argument("--refresh", type=int, nargs="+", default=[0, 2, 5],
+                   help="K/V refresh intervals of the sparse edits (0: the generation's recorded K/V)")
+    s.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed comparisons")
+    s.add_argument("--e2e-steps", type=int, default=3, help="denoising steps of the measured end-to-end edit")
+    s.add_argument("--prompts", type=int, default=32, help="test-split captions edited (fidelity, Lite)")
+    s.add_argument("--steps", type=int, default=25, help="denoising steps of the Lite generations and edits")
+    s.add_argument("--seconds", type=float, default=9.5, help="track length of the Lite fidelity runs")
+    s.add_argument("--corpus", default="full", help="accelerando.data preset the prompts come from")
+    s.add_argument("--skip-speed", action="store_true", help="skip the full-size speed measurements")
+    s.add_argument("--skip-fidelity", action="store_true", help="skip the Lite edit-fidelity runs")
+    s.add_argument("--threads", type=int, default=2, help="torch threads (fixed and recorded)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", action="store_true", help="one JSON object per record on stdout")
     args = parser.parse_args(argv)
+    if args.suite == "sparse" and not all(0 < f <= 1 for f in args.fractions):
+        parser.error(f"--fractions must lie in (0, 1], got {args.fractions}")
+    if args.suite == "sparse" and any(k < 0 for k in args.refresh):
+        parser.error(f"--refresh intervals must be >= 0, got {args.refresh}")
     if args.suite == "baseline" and any(s <= 0 for s in args.seconds):
         parser.error(f"--seconds must be positive, got {args.seconds}")
     if args.suite == "quant":
@@ -165,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"and OBJECTIVE in {OBJECTIVES}")
     set_threads(args.threads)
     try:
-        baseline(args) if args.suite == "baseline" else quant(args)
+        {"baseline": baseline, "quant": quant, "sparse": sparse}[args.suite](args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

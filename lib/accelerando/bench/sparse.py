@@ -1,0 +1,273 @@
+"""WP2 measurements: sparse re-decoding and sparse DiT steps against dense, side by side in one run.
+
+    decoder_speed(vae, frames, fractions)          full decode vs cached and windowed re-decode
+    dit_step_speed(transformer, frames, fractions) dense DiT step vs sparse (edited tokens + margin)
+    end_to_end(pipe, seconds, steps, fraction)     regenerating a track vs editing 'fraction' of it
+    edit_fidelity(pipe, prompts, ...)              sparse edits vs the dense edit, per clip (Lite)
+
+Edits sit in the middle of the track; a fraction f of a track of T frames edits round(f T) frames.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..metrics.fidelity import complex_mrstft_distance, mrstft_distance
+from ..metrics.seams import seam_jump
+from ..sparse import CachedDecoder, EditSession, KVCacheAttention, decode_window, dit_forward
+from .measure import compare
+
+
+def edit_region(frames: int, fraction: float) -> tuple[int, int]:
+    """Latent frames [a, b) of a centred edit of `fraction` of a `frames`-long track."""
+    n = min(frames, max(1, round(fraction * frames)))
+    a = (frames - n) // 2
+    return a, a + n
+
+
+@torch.no_grad()
+def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, warmup: int = 1,
+                  seed: int = 0) -> list[dict]:
+    """Per edit fraction: full `vae.decode` vs `CachedDecoder.update` vs `decode_window`, interleaved.
+
+    Each cached call edits its region of the current track with fresh latents (so it always has
+    work to do); the windowed call decodes the samples such an edit changes. Errors are measured
+    after the timing against a full decode of the same latents, relative to the track's peak.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(1, vae.config.decoder_input_channels, frames, generator=gen)
+    dec = CachedDecoder(vae)
+    dec.decode(z)
+    calls = {"full": lambda: vae.decode(dec.latents).sample}
+    reach = {}
+    for f in fractions:
+        a, b = edit_region(frames, f)
+
+        def edit(a=a, b=b):
+            target = dec.latents.clone()
+            target[..., a:b] = torch.randn(target[..., a:b].shape, generator=gen)
+            return dec.update(target)
+
+        edit()
+        reach[f] = dec.last_update["samples"][0]
+        calls[f"cached {f:g}"] = edit
+        calls[f"window {f:g}"] = lambda r=reach[f]: decode_window(vae, dec.latents, *r)
+    timing = compare(calls, rounds=rounds, warmup=warmup, baseline="full", device="cpu")
+    records = []
+    for f in fractions:
+        a, b = edit_region(frames, f)
+        target = dec.latents.clone()
+        target[..., a:b] = torch.randn(target[..., a:b].shape, generator=gen)
+        sparse = dec.update(target)
+        full = vae.decode(target).sample
+        peak = float(full.abs().max())
+        lo, hi = reach[f]
+        window = decode_window(vae, target, lo, hi)
+        records.append({
+            "measure": "decoder_speed", "frames": frames, "fraction": f, "edit_frames": b - a,
+            "recomputed_samples_fraction": (hi - lo) / full.shape[-1],
+            "full_s": timing["full"]["latency_s_min"],
+            "cached_s": timing[f"cached {f:g}"]["latency_s_min"],
+            "window_s": timing[f"window {f:g}"]["latency_s_min"],
+            "cached_speedup": timing[f"cached {f:g}"]["speedup_vs_baseline"],
+            "window_speedup": timing[f"window {f:g}"]["speedup_vs_baseline"],
+            "ideal_speedup": 1 / f,
+            "cached_max_error_rel": float((sparse - full).abs().max()) / peak,
+            "window_max_error_rel": float((window - full[..., lo:hi]).abs().max()) / peak,
+            "outside_reach_identical": bool(torch.equal(sparse[..., :lo], full[..., :lo])
+                                            and torch.equal(sparse[..., hi:], full[..., hi:])),
+            "cache_bytes": dec.cache_bytes(), "rounds": rounds,
+        })
+    return records
+
+
+def dit_inputs(transformer, frames: int, batch: int, seed: int = 0) -> dict:
+    """Random DiT inputs of the right shapes (a CFG batch is batch=2): latents, timestep, text,
+    global states and the rotary table for frames + 1 tokens."""
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    cfg = transformer.config
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch, cfg.in_channels, frames, generator=gen),
+        "timestep": torch.tensor([0.5]),
+        "encoder_hidden_states": torch.randn(batch, 130, cfg.cross_attention_input_dim, generator=gen),
+        "global_hidden_states": torch.randn(batch, 1, cfg.global_states_input_dim, generator=gen),
+        "rotary_embedding": get_1d_rotary_pos_embed(cfg.attention_head_dim // 2, frames + 1, use_real=True,
+                                                    repeat_interleave_real=False),
+    }
+
+
+@torch.no_grad()
+def dit_step_speed(transformer, frames: int, fractions: list[float], *, margin: int = 8, batch: int = 2,
+                   rounds: int = 2, warmup: int = 1, seed: int = 0) -> list[dict]:
+    """Per edit fraction: one dense DiT forward vs one sparse forward on the edit's frames plus
+    `margin` each side (batch=2: a classifier-free-guidance step), interleaved."""
+    inputs = dit_inputs(transformer, frames, batch, seed)
+    cache = KVCacheAttention.install(transformer)
+    try:
+        calls = {"dense": lambda: dit_forward(transformer, cache, **inputs)}
+        calls["dense"]()
+        active = {}
+        for f in fractions:
+            a, b = edit_region(frames, f)
+            active[f] = torch.arange(max(a - margin, 0), min(b + margin, frames))
+            calls[f"sparse {f:g}"] = lambda idx=active[f]: dit_forward(transformer, cache, **inputs, frames=idx)
+        timing = compare(calls, rounds=rounds, warmup=warmup, baseline="dense", device="cpu")
+        kv_bytes = cache.nbytes()
+    finally:
+        KVCacheAttention.uninstall(transformer)
+    return [{
+        "measure": "dit_step_speed", "frames": frames, "fraction": f, "batch": batch, "margin": margin,
+        "active_fraction": len(active[f]) / frames, "dense_s": timing["dense"]["latency_s_min"],
+        "sparse_s": timing[f"sparse {f:g}"]["latency_s_min"],
+        "speedup": timing[f"sparse {f:g}"]["speedup_vs_baseline"], "ideal_speedup": 1 / f,
+        "kv_cache_bytes_per_step": kv_bytes, "rounds": rounds,
+    } for f in fractions]
+
+
+@torch.no_grad()
+def end_to_end(pipe, *, seconds: float, steps: int, fraction: float, refresh_every: int, margin: int = 8,
+               prompt: str = "a chorale in D major for brass at 90 BPM", seed: int = 0) -> dict:
+    """Wall time of generating a track (dense steps + full decode) and of editing `fraction` of it
+    (sparse steps, a dense one every `refresh_every`, + sparse re-decode), one after the other."""
+    session = EditSession(pipe, steps=steps, keep_kv=refresh_every == 0)
+    start = time.perf_counter()
+    session.generate(prompt, seconds=seconds, seed=seed)
+    regenerate_s = time.perf_counter() - start
+    gen_report = dict(session.last_edit)
+    frames = pipe.transformer.config.sample_size
+    a, b = edit_region(frames, fraction)
+    fs = session.frame_seconds
+    start = time.perf_counter()
+    session.edit(a * fs, min(b * fs, seconds), refresh_every=refresh_every, margin=margin, seed=seed + 1)
+    edit_s = time.perf_counter() - start
+    rep = session.last_edit
+    dense_step = gen_report["dense_s"] / gen_report["dense_steps"]
+    sparse_step = rep["sparse_s"] / max(rep["sparse_steps"], 1)
+    return {
+        "measure": "end_to_end", "seconds": seconds, "steps": steps, "fraction": fraction,
+        "refresh_every": refresh_every, "regenerate_s": regenerate_s, "edit_s": edit_s,
+        "speedup": regenerate_s / edit_s, "dense_step_s": dense_step, "sparse_step_s": sparse_step,
+        "edit_dense_steps": rep["dense_steps"], "edit_sparse_steps": rep["sparse_steps"],
+        "edit_decode_s": rep["decode_s"], "regenerate_other_s": regenerate_s - gen_report["dense_s"],
+    }
+
+
+def project_speedup(rec: dict, steps: int) -> float:
+    """Regenerate / edit wall time at `steps` steps from an `end_to_end` record's measured parts:
+    per-step dense and sparse times, the edit's decode, and the generation's non-DiT time (text
+    encoding, full decode). A projection, not a measurement."""
+    k = rec["refresh_every"]
+    dense_steps = -(-steps // k) if k else 0  # k = 0: every step attends to the generation's record
+    regenerate = steps * rec["dense_step_s"] + rec["regenerate_other_s"]
+    edit = dense_steps * rec["dense_step_s"] + (steps - dense_steps) * rec["sparse_step_s"] + rec["edit_decode_s"]
+    return regenerate / edit
+
+
+@torch.no_grad()
+def edit_fidelity(pipe, prompts: list[str], edit_prompts: list[str], *, fractions: list[float], steps: int,
+                  seconds: float, refresh: list[int], margins: list[int], margin: int = 8, seed: int = 0,
+                  keep_audio: int = 0) -> tuple[list[dict], dict]:
+    """Per prompt and edit fraction, on a trained pipeline: the dense edit (the reference), the same
+    edit with another seed (how far edits that differ only by chance lie apart), sparse edits per
+    K/V refresh interval (at `margin`) and per margin (refresh 0), and a naive splice of an
+    independent generation. Rows carry region distances to the dense edit, seam jumps and the
+    check that samples outside the decoder's reach are unchanged. Returns (rows, kept audio)."""
+    sr = int(pipe.vae.config.sampling_rate)
+    rng = np.random.default_rng(seed)
+    rows, kept = [], {}
+    for i, (prompt, new) in enumerate(zip(prompts, edit_prompts)):
+        session = EditSession(pipe, steps=steps)
+        original = session.generate(prompt, seconds=seconds, seed=seed + i)[0].mean(0)
+        other = EditSession(pipe, steps=steps).generate(new, seconds=seconds, seed=seed + 10_000 + i)[0].mean(0)
+        for f in fractions:
+            span = f * seconds
+            start = float(rng.uniform(0.1 * seconds, 0.9 * seconds - span)) if span < 0.8 * seconds else 0.1 * seconds
+            start = round(start / session.frame_seconds) * session.frame_seconds
+            end = min(start + span, seconds)
+            lo, hi = int(start * sr), int(end * sr)
+            variants = {"dense": dict(mode="dense"), "dense, other seed": dict(mode="dense", seed_offset=1)}
+            for k in refresh:
+                variants[f"sparse k={k}"] = dict(mode="sparse", refresh_every=k, margin=margin)
+            for m in margins:
+                variants.setdefault(f"sparse k=0 m={m}", dict(mode="sparse", refresh_every=0, margin=m))
+            audio = {}
+            for name, kw in variants.items():
+                kw = dict(kw)
+                edit_seed = seed + 100 * i + 7 + kw.pop("seed_offset", 0) * 5000
+                out = session.edit(start, end, prompt=new, seed=edit_seed, **kw)[0].mean(0)
+                reach = session.decoder.last_update["samples"]
+                r_lo, r_hi = reach[0][0], reach[-1][1]
+                audio[name] = out
+                rows.append({
+                    "prompt": i, "fraction": f, "variant": name, "start_s": start, "end_s": end,
+                    "dense_s": session.last_edit["dense_s"], "sparse_s": session.last_edit["sparse_s"],
+                    "outside_reach_identical": bool(np.array_equal(out[:r_lo], original[:r_lo])
+                                                    and np.array_equal(out[r_hi:], original[r_hi:len(original)])),
+                    "reach_s": (r_hi - r_lo) / sr - (end - start),
+                    "seam_jump": float(np.mean(seam_jump(out, sr, [start, end]))),
+                })
+                session.undo()
+            naive = original.copy()
+            naive[lo:hi] = other[lo:hi]
+            rows.append({"prompt": i, "fraction": f, "variant": "naive splice", "start_s": start, "end_s": end,
+                         "seam_jump": float(np.mean(seam_jump(naive, sr, [start, end])))})
+            rows.append({"prompt": i, "fraction": f, "variant": "original", "start_s": start, "end_s": end,
+                         "seam_jump": float(np.mean(seam_jump(original, sr, [start, end])))})
+            ref = audio["dense"][lo:hi]
+            for row in rows:
+                if row["prompt"] == i and row["fraction"] == f and row["variant"] in audio:
+                    est = audio[row["variant"]][lo:hi]
+                    row["mrstft_to_dense"] = mrstft_distance(ref[None], est[None], sr)
+                    row["complex_mrstft_to_dense"] = complex_mrstft_distance(ref[None], est[None], sr)
+            if i < keep_audio:
+                kept[(i, f)] = {"original": original, "naive splice": naive, **audio, "region": (start, end)}
+    return rows, kept
+
+
+@torch.no_grad()
+def prefix_edit_speed(model, *, frames: int, at: list[int], text_tokens: int = 16, branches: int = 4,
+                      rounds: int = 2, warmup: int = 1, seed: int = 0) -> list[dict]:
+    """MusicGen editing from frame t of a `frames`-frame generation, interleaved: regenerate every
+    frame, recompute the kept prefix in one forward then decode the rest, or read the prefix's
+    stored keys/values and decode the rest. Then the memory of `branches` alternative edits
+    from the first `at` stored as a tree against one full cache per branch."""
+    from ..sparse.prefix import PrefixTree
+
+    gen = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, model.text_encoder.config.vocab_size, (1, text_tokens), generator=gen)
+    tree = PrefixTree(model, text)
+    root = tree.generate(frames, seed=seed)
+
+    def timed(fn):
+        def call():
+            branch = fn()
+            tree.branches.remove(branch)
+        return call
+
+    calls = {"regenerate": timed(lambda: tree.generate(frames, seed=seed + 1))}
+    for t in at:
+        calls[f"prefill {t}"] = timed(lambda t=t: tree.branch(root, at=t, seed=seed + 1, reuse=False))
+        calls[f"prefix cache {t}"] = timed(lambda t=t: tree.branch(root, at=t, seed=seed + 1))
+    timing = compare(calls, rounds=rounds, warmup=warmup, baseline="regenerate", device="cpu")
+    records = []
+    for t in at:
+        kept = PrefixTree(model, text)
+        base = kept.generate(frames, seed=seed)
+        for b in range(branches):
+            kept.branch(base, at=t, seed=seed + 2 + b)
+        records.append({
+            "measure": "prefix_edit", "frames": frames, "at": t, "edited_fraction": (frames - t) / frames,
+            "regenerate_s": timing["regenerate"]["latency_s_min"],
+            "prefill_s": timing[f"prefill {t}"]["latency_s_min"],
+            "prefix_cache_s": timing[f"prefix cache {t}"]["latency_s_min"],
+            "prefix_cache_speedup": timing[f"prefix cache {t}"]["speedup_vs_baseline"],
+            "prefill_speedup": timing[f"prefill {t}"]["speedup_vs_baseline"],
+            "branches": branches, "tree_bytes": kept.nbytes(), "unshared_bytes": kept.unshared_nbytes(),
+            "rounds": rounds,
+        })
+    return records
