@@ -96,12 +96,14 @@ def quant(args) -> list[dict]:
 
 def sparse(args) -> list[dict]:
     """WP2: sparse re-decoding and sparse DiT steps on the full-size config (random weights) for
-    speed, end-to-end edit vs regeneration, and edit fidelity on the trained Stable-Audio-Lite."""
+    speed, end-to-end edit vs regeneration, MusicGen edits from a stored prefix, and edit
+    fidelity on the trained Stable-Audio-Lite."""
     from ..data import build_corpus, preset as corpus_preset
     from ..metrics.stats import bootstrap_ci
+    from ..models import build_musicgen
     from ..models.stable_audio import build_stable_audio
     from ..models.stable_audio_lite import load_stable_audio_lite
-    from .sparse import decoder_speed, dit_step_speed, edit_fidelity, end_to_end, project_speedup
+    from .sparse import decoder_speed, dit_step_speed, edit_fidelity, end_to_end, prefix_edit_speed, project_speedup
 
     records = []
     if not args.skip_speed:
@@ -118,6 +120,11 @@ def sparse(args) -> list[dict]:
         rec["projected_speedup_at_steps"] = {n: project_speedup(rec, n) for n in (25, 50, 100)}
         records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
         del pipe
+        model = build_musicgen(MUSICGEN_FOR[args.preset])
+        at = [round(args.ar_frames * (1 - f)) for f in args.fractions if round(args.ar_frames * (1 - f)) > 0]
+        for rec in prefix_edit_speed(model, frames=args.ar_frames, at=at, rounds=args.rounds, seed=args.seed):
+            records.append(_print(rec | {"model": f"musicgen:{MUSICGEN_FOR[args.preset]}"}, args.json))
+        del model
     if args.skip_fidelity:
         return records
     corpus = build_corpus(corpus_preset(args.corpus, sample_rate=22050))
@@ -204,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="K/V refresh intervals of the sparse edits (0: the generation's recorded K/V)")
     s.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed comparisons")
     s.add_argument("--e2e-steps", type=int, default=3, help="denoising steps of the measured end-to-end edit")
+    s.add_argument("--ar-frames", type=int, default=500, help="MusicGen frames of the token-model edit (50 per s)")
     s.add_argument("--prompts", type=int, default=32, help="test-split captions edited (fidelity, Lite)")
     s.add_argument("--steps", type=int, default=25, help="denoising steps of the Lite generations and edits")
     s.add_argument("--seconds", type=float, default=9.5, help="track length of the Lite fidelity runs")

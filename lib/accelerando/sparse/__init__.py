@@ -9,10 +9,10 @@
   alternative continuations sharing it.
 """
 
-from .decoder import CachedDecoder, decode_window, decoder_segments, receptive_field
+from .decoder import CachedDecoder, decode_window, decoder_segments, measured_reach, receptive_field
 from .dit import KVCacheAttention, dit_forward
 from .prefix import Branch, PrefixTree
 from .session import EditSession
 
 __all__ = ["Branch", "PrefixTree", "CachedDecoder", "EditSession", "KVCacheAttention", "decode_window", "decoder_segments", "dit_forward",
-           "receptive_field"]
+           "measured_reach", "receptive_field"]

@@ -31,6 +31,7 @@ included). Units: latent frames for `z` [batch, channels, frames], samples for a
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -156,6 +157,25 @@ def receptive_field(vae) -> dict:
             "reads_frames_left": mid - need_lo, "reads_frames_right": need_hi - mid - 1, "hop": hop}
 
 
+@torch.no_grad()
+def measured_reach(vae, frames: int = 64, frame: int | None = None, seed: int = 0) -> dict:
+    """The reach measured, not derived: perturb latent frame `frame` of random latents and see
+    which samples of the decode change. Returns the per-sample |difference| [samples] of the
+    first audio channel, the changed span in samples relative to the frame's own hop, and the
+    track's peak (to judge the size of the tail)."""
+    frame = frames // 2 if frame is None else frame
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(1, vae.config.decoder_input_channels, frames, generator=gen)
+    z2 = z.clone()
+    z2[..., frame] += torch.randn(z2[..., frame].shape, generator=gen)
+    base, moved = vae.decode(z).sample, vae.decode(z2).sample
+    diff = (moved - base)[0].abs().amax(0)
+    changed = diff.nonzero().flatten()
+    hop = vae.hop_length
+    return {"diff": diff.numpy(), "hop": hop, "frame": frame, "peak": float(base.abs().max()),
+            "left_samples": frame * hop - int(changed.min()), "right_samples": int(changed.max()) + 1 - (frame + 1) * hop}
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoding a window, and the cached (SIGE-style) decoder
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +219,8 @@ class CachedDecoder:
         self.vae = vae
         self.segments = decoder_segments(vae)
         self.maps: list[torch.Tensor] | None = None  # [z, after conv1, after each block, audio]
-        self.last_update: dict = {}
+        self.last_update: dict = {}  # changed ranges, recomputed fraction and seconds per segment
+        self.last_decode: dict = {}  # seconds per segment of the last full decode
 
     @property
     def latents(self) -> torch.Tensor:
@@ -214,10 +235,13 @@ class CachedDecoder:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Full decode of z [batch, channels, frames] -> audio [batch, audio_channels, samples]."""
         check_latents(self.vae, z)
-        maps = [z.clone()]
+        maps, seconds = [z.clone()], {}
         for seg in self.segments:
+            start = time.perf_counter()
             maps.append(seg.fn(maps[-1]))
+            seconds[seg.name] = time.perf_counter() - start
         self.maps = maps
+        self.last_decode = {"seconds": seconds}
         return maps[-1].clone()
 
     @staticmethod
@@ -243,13 +267,15 @@ class CachedDecoder:
                              f"{tuple(self.latents.shape)} {self.latents.dtype}: call decode(z) for a new track")
         ranges = self.changed_frames(self.maps[0], z)
         self.maps[0] = z.clone()
-        report = {"frames": ranges, "fraction": {}}
+        report = {"frames": ranges, "fraction": {}, "seconds": {}}
         for seg, (x, y) in zip(self.segments, zip(self.maps[:-1], self.maps[1:])):
+            start = time.perf_counter()
             n = x.shape[-1]
             ranges = _merge([seg.changed(r, n) for r in ranges])
             for r in ranges:
                 y[..., r[0]:r[1]] = seg.compute(x, r)
             report["fraction"][seg.name] = sum(b - a for a, b in ranges) / y.shape[-1]
+            report["seconds"][seg.name] = time.perf_counter() - start
         report["samples"] = ranges
         self.last_update = report
         return self.maps[-1].clone()
