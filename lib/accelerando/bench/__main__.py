@@ -117,7 +117,8 @@ def sparse(args) -> list[dict]:
         seconds = frames * pipe.vae.hop_length / pipe.vae.config.sampling_rate
         rec = end_to_end(pipe, seconds=seconds, steps=args.e2e_steps, fraction=0.1,
                          refresh_every=args.e2e_steps, margin=args.margin, seed=args.seed)
-        rec["projected_speedup_at_steps"] = {n: project_speedup(rec, n) for n in (25, 50, 100)}
+        rec["projected_speedup_at_100_steps"] = {f"refresh_every={k}": project_speedup(rec, 100, refresh_every=k)
+                                                 for k in (100, 10)}
         records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
         del pipe
         model = build_musicgen(MUSICGEN_FOR[args.preset])
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--refresh", type=int, nargs="+", default=[0, 2, 5],
                    help="K/V refresh intervals of the sparse edits (0: the generation's recorded K/V)")
     s.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed comparisons")
-    s.add_argument("--e2e-steps", type=int, default=3, help="denoising steps of the measured end-to-end edit")
+    s.add_argument("--e2e-steps", type=int, default=4, help="denoising steps of the measured end-to-end edit")
     s.add_argument("--ar-frames", type=int, default=500, help="MusicGen frames of the token-model edit (50 per s)")
     s.add_argument("--prompts", type=int, default=32, help="test-split captions edited (fidelity, Lite)")
     s.add_argument("--steps", type=int, default=25, help="denoising steps of the Lite generations and edits")

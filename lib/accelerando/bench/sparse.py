@@ -155,22 +155,25 @@ def end_to_end(pipe, *, seconds: float, steps: int, fraction: float, refresh_eve
     session.edit(a * fs, min(b * fs, seconds), refresh_every=refresh_every, margin=margin, seed=seed + 1)
     edit_s = time.perf_counter() - start
     rep = session.last_edit
-    dense_step = gen_report["dense_s"] / gen_report["dense_steps"]
-    sparse_step = rep["sparse_s"] / max(rep["sparse_steps"], 1)
+    # medians: the first step of each kind also pays for setting up its shapes
+    dense_step = float(np.median(gen_report["dense_step_s"]))
+    sparse_step = float(np.median(rep["sparse_step_s"])) if rep["sparse_step_s"] else float("nan")
     return {
         "measure": "end_to_end", "seconds": seconds, "steps": steps, "fraction": fraction,
         "refresh_every": refresh_every, "regenerate_s": regenerate_s, "edit_s": edit_s,
         "speedup": regenerate_s / edit_s, "dense_step_s": dense_step, "sparse_step_s": sparse_step,
         "edit_dense_steps": rep["dense_steps"], "edit_sparse_steps": rep["sparse_steps"],
-        "edit_decode_s": rep["decode_s"], "regenerate_other_s": regenerate_s - gen_report["dense_s"],
+        "edit_decode_s": rep["decode_s"],
+        "regenerate_other_s": regenerate_s - sum(gen_report["dense_step_s"]),
     }
 
 
-def project_speedup(rec: dict, steps: int) -> float:
+def project_speedup(rec: dict, steps: int, refresh_every: int | None = None) -> float:
     """Regenerate / edit wall time at `steps` steps from an `end_to_end` record's measured parts:
-    per-step dense and sparse times, the edit's decode, and the generation's non-DiT time (text
-    encoding, full decode). A projection, not a measurement."""
-    k = rec["refresh_every"]
+    median dense and sparse step times, the edit's decode, and the generation's time outside its
+    DiT steps (text encoding, scheduler, full decode). `refresh_every` (default: the record's) is
+    the edit's dense-step interval. A projection, not a measurement."""
+    k = rec["refresh_every"] if refresh_every is None else refresh_every
     dense_steps = -(-steps // k) if k else 0  # k = 0: every step attends to the generation's record
     regenerate = steps * rec["dense_step_s"] + rec["regenerate_other_s"]
     edit = dense_steps * rec["dense_step_s"] + (steps - dense_steps) * rec["sparse_step_s"] + rec["edit_decode_s"]
@@ -265,10 +268,7 @@ def prefix_edit_speed(model, *, frames: int, at: list[int], text_tokens: int = 1
     timing = compare(calls, rounds=rounds, warmup=warmup, baseline="regenerate", device="cpu")
     records = []
     for t in at:
-        kept = PrefixTree(model, text)
-        base = kept.generate(frames, seed=seed)
-        for b in range(branches):
-            kept.branch(base, at=t, seed=seed + 2 + b)
+        alternatives = [tree.branch(root, at=t, seed=seed + 2 + b) for b in range(branches)]
         records.append({
             "measure": "prefix_edit", "frames": frames, "at": t, "edited_fraction": (frames - t) / frames,
             "regenerate_s": timing["regenerate"]["latency_s_min"],
@@ -276,7 +276,8 @@ def prefix_edit_speed(model, *, frames: int, at: list[int], text_tokens: int = 1
             "prefix_cache_s": timing[f"prefix cache {t}"]["latency_s_min"],
             "prefix_cache_speedup": timing[f"prefix cache {t}"]["speedup_vs_baseline"],
             "prefill_speedup": timing[f"prefill {t}"]["speedup_vs_baseline"],
-            "branches": branches, "tree_bytes": kept.nbytes(), "unshared_bytes": kept.unshared_nbytes(),
+            "branches": branches, "tree_bytes": tree.nbytes([root, *alternatives]),
+            "unshared_bytes": tree.unshared_nbytes([root, *alternatives]),
             "rounds": rounds,
         })
     return records

@@ -157,16 +157,20 @@ class PrefixTree:
         """All frames of `branch`'s path: [rows, branch.end] token ids."""
         return self._inputs(branch, branch.end)[:, 1:]
 
-    def nbytes(self) -> int:
-        """Bytes of keys/values the tree stores (each prefix once, plus the shared cross cache)."""
-        cross = sum(t.numel() * t.element_size() for layer in (self.cross.layers if self.cross else [])
-                    for t in (layer.keys, layer.values) if t is not None)
-        return sum(b.nbytes() for b in self.branches) + cross
+    def _cross_nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in (self.cross.layers if self.cross else [])
+                   for t in (layer.keys, layer.values) if t is not None)
 
-    def unshared_nbytes(self) -> int:
-        """Bytes if every branch kept a full cache of its whole path (and its own cross cache)."""
-        cross = self.nbytes() - sum(b.nbytes() for b in self.branches)
-        return int(sum(b.nbytes() / b.tokens.shape[1] * b.end + cross for b in self.branches))
+    def nbytes(self, branches: list[Branch] | None = None) -> int:
+        """Bytes of keys/values the tree stores for `branches` (default: all), each frame once,
+        plus the shared cross-attention cache."""
+        return sum(b.nbytes() for b in (self.branches if branches is None else branches)) + self._cross_nbytes()
+
+    def unshared_nbytes(self, branches: list[Branch] | None = None) -> int:
+        """Bytes if each of `branches` (default: all) kept a full cache of its whole path and its
+        own cross-attention cache."""
+        chosen = self.branches if branches is None else branches
+        return int(sum(b.nbytes() / b.tokens.shape[1] * b.end + self._cross_nbytes() for b in chosen))
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int, generator: torch.Generator) -> torch.Tensor:

@@ -202,7 +202,8 @@ class EditSession:
             active = torch.arange(max(region[0] - margin, 0), min(region[1] + margin, frames))
         cache = KVCacheAttention.install(tr)
         trajectory, record = [x.clone()], ([None] * begin if record_kv else None)
-        times = {"dense_steps": 0, "sparse_steps": 0, "dense_s": 0.0, "sparse_s": 0.0}
+        times = {"dense_steps": 0, "sparse_steps": 0, "dense_s": 0.0, "sparse_s": 0.0, "dense_step_s": [],
+                 "sparse_step_s": []}
         try:
             for i in range(begin, self.steps):
                 t = sched.timesteps[i]
@@ -221,6 +222,7 @@ class EditSession:
                 kind = "dense" if dense else "sparse"
                 times[f"{kind}_steps"] += 1
                 times[f"{kind}_s"] += time.perf_counter() - start
+                times[f"{kind}_step_s"].append(time.perf_counter() - start)
                 if record is not None:
                     record.append(cache.snapshot())
                 if self._cfg:

@@ -1,0 +1,106 @@
+"""Fit Codec-Lite (`accelerando.models.codec_lite`): an RVQ on the Lite autoencoder's latents.
+
+    python -m accelerando.train.codec --corpus full --train_clips 600 --out checkpoints/codec_lite
+
+Encodes `train_clips` clips of the training split with the committed Lite autoencoder (posterior
+mean), fits `codebooks` residual k-means stages of `size` vectors, then measures reconstruction
+on `eval_clips` test clips for 1..K codebooks, next to the autoencoder's own round trip (the
+ceiling of any quantizer of its latents): MR-STFT distance and SI-SDR of the audio, and the
+latent error relative to the latents' energy. Writes `<out>/codec_lite.safetensors` (fp16
+codebooks), `<out>/config.json` and `<out>/train_log.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config_from_argv
+
+
+@dataclass
+class CodecConfig:
+    corpus: str = "full"
+    train_clips: int = 600
+    eval_clips: int = 32
+    codebooks: int = 4
+    size: int = 1024
+    iters: int = 20
+    autoencoder: str = "checkpoints/autoencoder_lite"
+    out: str = "checkpoints/codec_lite"
+    seed: int = 0
+    threads: int | None = None
+
+
+def fit(cfg: CodecConfig) -> dict:
+    from ..data import build_corpus, preset
+    from ..metrics.fidelity import mrstft_distance, si_sdr
+    from ..models.autoencoder_lite import load_autoencoder_lite
+    from ..models.codec_lite import LatentCodec, ResidualVQ, save_codec_lite
+    from .autoencoder import load_clips
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    start = time.time()
+    vae = load_autoencoder_lite(cfg.autoencoder, expect_config=None)
+    corpus = build_corpus(preset(cfg.corpus, sample_rate=int(vae.config.sampling_rate)))
+    rng = np.random.default_rng(cfg.seed)
+    train = load_clips(corpus, "train")
+    train = [train[i] for i in rng.permutation(len(train))[: cfg.train_clips]]
+    latents = []
+    with torch.no_grad():
+        for clip in train:
+            z = vae.encode(torch.from_numpy(clip)[None, None]).latent_dist.mode()
+            latents.append(z[0].T)
+    latents = torch.cat(latents)
+    encode_s = time.time() - start
+    rvq = ResidualVQ.fit(latents, codebooks=cfg.codebooks, size=cfg.size, iters=cfg.iters, seed=cfg.seed)
+    fit_s = time.time() - start - encode_s
+    codec = LatentCodec(vae, rvq)
+    sr = codec.sample_rate
+    evaluation = {"autoencoder": {"mrstft": [], "si_sdr": []}, **{k: {"mrstft": [], "si_sdr": [], "latent_rel_err": []}
+                                                                    for k in range(1, cfg.codebooks + 1)}}
+    for clip in load_clips(corpus, "test")[: cfg.eval_clips]:
+        wav = torch.from_numpy(clip)[None, None]
+        z = codec.latents(wav)
+        n = min(wav.shape[-1], z.shape[-1] * vae.hop_length)
+        ref = clip[None, :n]
+        with torch.no_grad():
+            ae = vae.decode(z).sample[0, :, :n].numpy()
+        evaluation["autoencoder"]["mrstft"].append(mrstft_distance(ref, ae, sr))
+        evaluation["autoencoder"]["si_sdr"].append(si_sdr(ref, ae, sr))
+        codes = rvq.encode(z)
+        for k in range(1, cfg.codebooks + 1):
+            z_hat = rvq.decode(codes[:, :k])
+            out = codec.vae.decode(z_hat).sample[0, :, :n].detach().numpy()
+            evaluation[k]["mrstft"].append(mrstft_distance(ref, out, sr))
+            evaluation[k]["si_sdr"].append(si_sdr(ref, out, sr))
+            evaluation[k]["latent_rel_err"].append(float(((z_hat - z) ** 2).sum() / (z**2).sum()))
+    summary = {str(k): {m: float(np.mean(v)) for m, v in d.items()} for k, d in evaluation.items()}
+    log = {
+        "command": "python -m accelerando.train.codec " + " ".join(sys.argv[1:]),
+        "config": asdict(cfg), "latent_frames": int(latents.shape[0]), "encode_s": encode_s, "fit_s": fit_s,
+        "frame_rate": codec.frame_rate, "bitrate": codec.bitrate,
+        "bitrate_per_codebooks": {k: codec.frame_rate * k * math.log2(cfg.size) for k in range(1, cfg.codebooks + 1)},
+        "eval_clips": len(evaluation[1]["mrstft"]), "reconstruction": summary,
+    }
+    out = save_codec_lite(rvq, cfg.out, vae_path=cfg.autoencoder, extra={"fit": {k: log[k] for k in ("latent_frames", "bitrate")}})
+    (Path(out) / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    return log
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = config_from_argv(CodecConfig, argv, __doc__.split("\n\n")[0])
+    log = fit(cfg)
+    print(json.dumps({k: log[k] for k in ("latent_frames", "fit_s", "bitrate", "reconstruction")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
