@@ -170,6 +170,15 @@ def _emit(record: dict, as_json: bool) -> dict:
     return record
 
 
+def _common_flags(parser: argparse.ArgumentParser, threads: int, corpus: bool = False) -> None:
+    """The flags every suite shares: threads, seed, JSON output (and the prompts' corpus)."""
+    if corpus:
+        parser.add_argument("--corpus", default="full", help="accelerando.data preset the prompts come from")
+    parser.add_argument("--threads", type=int, default=threads, help="torch threads (fixed and recorded)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="one JSON object per record on stdout")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m accelerando.bench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="suite", required=True)
@@ -178,13 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", help="local Stable Audio Open directory (default: random weights)")
     p.add_argument("--seconds", type=float, nargs="+", default=[1.0, 4.0, 10.0], help="audio lengths to measure")
     p.add_argument("--context-frames", type=int, nargs="+", default=[50, 250, 500], help="MusicGen context lengths")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (fixed and recorded)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=None, help="stop repeating after this many timed seconds")
     p.add_argument("--device", help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="one JSON object per measurement on stdout")
+    _common_flags(p, threads=1)
     q = sub.add_parser("quant", help="WP1 SVDQuant-Audio: bytes, int8 CPU speed, fidelity to full precision")
     q.add_argument("--methods", nargs="+", default=["rtn", "smoothquant", "svd", "svdquant", "svdquant+stft_complex"],
                    help="rtn, smoothquant, svd, svdquant; '+objective' picks the calibration objective")
@@ -196,12 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--calib-prompts", type=int, default=4, help="train-split captions used for calibration")
     q.add_argument("--steps", type=int, default=25, help="denoising steps of each evaluation clip")
     q.add_argument("--seconds", type=float, default=4.0, help="seconds of audio per evaluation clip")
-    q.add_argument("--corpus", default="full", help="accelerando.data preset the prompts come from")
     q.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the int8 block timing")
     q.add_argument("--skip-speed", action="store_true", help="skip the full-size int8 block timing")
-    q.add_argument("--threads", type=int, default=1, help="torch threads (fixed and recorded)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--json", action="store_true", help="one JSON object per record on stdout")
+    _common_flags(q, threads=1, corpus=True)
     s = sub.add_parser("sparse", help="WP2 SIGE-Audio: sparse re-decode, sparse DiT steps, edit fidelity")
     s.add_argument("--preset", choices=["full", "small", "tiny"], default="full",
                    help="Stable Audio Open size of the speed measurements (random weights)")
@@ -216,12 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--prompts", type=int, default=32, help="test-split captions edited (fidelity, Lite)")
     s.add_argument("--steps", type=int, default=25, help="denoising steps of the Lite generations and edits")
     s.add_argument("--seconds", type=float, default=9.5, help="track length of the Lite fidelity runs")
-    s.add_argument("--corpus", default="full", help="accelerando.data preset the prompts come from")
     s.add_argument("--skip-speed", action="store_true", help="skip the full-size speed measurements")
     s.add_argument("--skip-fidelity", action="store_true", help="skip the Lite edit-fidelity runs")
-    s.add_argument("--threads", type=int, default=2, help="torch threads (fixed and recorded)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--json", action="store_true", help="one JSON object per record on stdout")
+    _common_flags(s, threads=2, corpus=True)
     args = parser.parse_args(argv)
     if args.suite == "sparse" and not all(0 < f <= 1 for f in args.fractions):
         parser.error(f"--fractions must lie in (0, 1], got {args.fractions}")
