@@ -40,7 +40,7 @@ class CodecConfig:
 
 
 def fit(cfg: CodecConfig) -> dict:
-    from ..data import build_corpus, preset
+    from ..data import Corpus, build_corpus, preset
     from ..metrics.fidelity import mrstft_distance, si_sdr
     from ..models.autoencoder_lite import load_autoencoder_lite
     from ..models.codec_lite import LatentCodec, ResidualVQ, save_codec_lite
@@ -52,8 +52,9 @@ def fit(cfg: CodecConfig) -> dict:
     vae = load_autoencoder_lite(cfg.autoencoder, expect_config=None)
     corpus = build_corpus(preset(cfg.corpus, sample_rate=int(vae.config.sampling_rate)))
     rng = np.random.default_rng(cfg.seed)
-    train = load_clips(corpus, "train")
-    train = [train[i] for i in rng.permutation(len(train))[: cfg.train_clips]]
+    # choose the clips first, then read only those (a split's audio is over a gigabyte)
+    pool = corpus.filter(split="train").clips
+    train = load_clips(Corpus(corpus.path, [pool[i] for i in rng.permutation(len(pool))[: cfg.train_clips]]), "train")
     latents = []
     with torch.no_grad():
         for clip in train:
@@ -67,7 +68,7 @@ def fit(cfg: CodecConfig) -> dict:
     sr = codec.sample_rate
     evaluation = {"autoencoder": {"mrstft": [], "si_sdr": []}, **{k: {"mrstft": [], "si_sdr": [], "latent_rel_err": []}
                                                                     for k in range(1, cfg.codebooks + 1)}}
-    for clip in load_clips(corpus, "test")[: cfg.eval_clips]:
+    for clip in load_clips(Corpus(corpus.path, corpus.filter(split="test").clips[: cfg.eval_clips]), "test"):
         wav = torch.from_numpy(clip)[None, None]
         z = codec.latents(wav)
         n = min(wav.shape[-1], z.shape[-1] * vae.hop_length)
