@@ -1,6 +1,6 @@
 """Fit Codec-Lite (`accelerando.models.codec_lite`): an RVQ on the Lite autoencoder's latents.
 
-    python -m accelerando.train.codec --corpus full --train_clips 600 --out checkpoints/codec_lite
+    python -m accelerando.train.codec --corpus full --train_clips 800 --out checkpoints/codec_lite
 
 Encodes `train_clips` clips of the training split with the committed Lite autoencoder (posterior
 mean), fits `codebooks` residual k-means stages of `size` vectors, then measures reconstruction
@@ -28,7 +28,7 @@ from . import config_from_argv
 @dataclass
 class CodecConfig:
     corpus: str = "full"
-    train_clips: int = 600
+    train_clips: int = 800  # of 1,600; their latents are cached for MusicGen-Lite training too
     eval_clips: int = 32
     codebooks: int = 4
     size: int = 1024
@@ -37,6 +37,22 @@ class CodecConfig:
     out: str = "checkpoints/codec_lite"
     seed: int = 0
     threads: int | None = None
+
+
+def split_latents(vae, vae_path, corpus, split: str, n: int, seed: int = 0) -> tuple[list, torch.Tensor]:
+    """`n` clips of a corpus split (a seeded random choice, in corpus order; all of them if n is
+    larger) and their autoencoder latents [n, 16, frames], cached in .cache/latents so that the
+    codec fit and MusicGen-Lite's training encode each clip once."""
+    from ..models.autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS
+    from ..models.stable_audio_lite import file_sha256
+    from .dit import cached_latents
+
+    pool = corpus.filter(split=split)
+    if not pool:
+        raise ValueError(f"corpus {corpus.path} has no {split!r} clips (it has {corpus.splits})")
+    pick = sorted(np.random.default_rng(seed).permutation(len(pool))[:n])
+    clips = [pool[i] for i in pick]
+    return clips, cached_latents(vae, file_sha256(Path(vae_path) / VAE_WEIGHTS), corpus, clips, split)
 
 
 def fit(cfg: CodecConfig) -> dict:
@@ -51,16 +67,8 @@ def fit(cfg: CodecConfig) -> dict:
     start = time.time()
     vae = load_autoencoder_lite(cfg.autoencoder, expect_config=None)
     corpus = build_corpus(preset(cfg.corpus, sample_rate=int(vae.config.sampling_rate)))
-    rng = np.random.default_rng(cfg.seed)
-    # choose the clips first, then read only those (a split's audio is over a gigabyte)
-    pool = corpus.filter(split="train").clips
-    train = load_clips(Corpus(corpus.path, [pool[i] for i in rng.permutation(len(pool))[: cfg.train_clips]]), "train")
-    latents = []
-    with torch.no_grad():
-        for clip in train:
-            z = vae.encode(torch.from_numpy(clip)[None, None]).latent_dist.mode()
-            latents.append(z[0].T)
-    latents = torch.cat(latents)
+    _, train_latents = split_latents(vae, cfg.autoencoder, corpus, "train", cfg.train_clips, cfg.seed)
+    latents = train_latents.transpose(1, 2).reshape(-1, train_latents.shape[1])  # [clips x frames, 16]
     encode_s = time.time() - start
     rvq = ResidualVQ.fit(latents, codebooks=cfg.codebooks, size=cfg.size, iters=cfg.iters, seed=cfg.seed)
     fit_s = time.time() - start - encode_s
