@@ -9,6 +9,13 @@
 `stable-audio` builds Stable Audio Open at --preset size with random weights (its output is
 noise: it exists to time the real architecture) or loads a local copy with --weights. Both go
 through the same `StableAudioPipeline` call (`stable_audio_lite.generate`).
+
+    python -m accelerando.models generate --model musicgen-lite-b --prompt "..." \\
+        --audio-prompt clip.wav --seconds 8 --out y.wav [--guidance-scale 3] [--rerank 4]
+
+`musicgen-lite-a` / `-b` load the committed MusicGen-Lite token models and Codec-Lite. Model B
+attends to the audio prompt (its last 4 s); model A continues it. --rerank N keeps the best of N
+candidates by CLAP-Lite score.
 """
 
 from __future__ import annotations
@@ -38,12 +45,48 @@ def build_pipeline(args):
     return build_stable_audio(args.preset, weights=args.weights)
 
 
+def musicgen_lite_command(args) -> dict:
+    from ..audio import AudioError, load_audio
+    from .musicgen_lite import MusicGenLitePipeline
+
+    t0 = time.perf_counter()
+    try:
+        pipe = MusicGenLitePipeline.from_pretrained(args.model[-1], path=args.weights)
+        prompt = load_audio(args.audio_prompt) if args.audio_prompt else (None, None)
+    except (FileNotFoundError, ValueError, AudioError) as err:
+        raise SystemExit(f"error: {err}") from None
+    t1 = time.perf_counter()
+    guidance = 3.0 if args.guidance_scale is None else args.guidance_scale
+    try:
+        audio, info = pipe([args.prompt], seconds=args.seconds, audio_prompt=prompt[0], audio_prompt_sr=prompt[1],
+                           guidance=guidance, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                           rerank=args.rerank)
+    except (ValueError, AudioError) as err:
+        raise SystemExit(f"error: {err}") from None
+    t2 = time.perf_counter()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_audio(args.out, audio[0], pipe.sample_rate)
+    record = {"out": args.out, "model": args.model, "seconds": args.seconds, "sample_rate": pipe.sample_rate,
+              "audio_prompt": args.audio_prompt, "guidance_scale": guidance, "rerank": args.rerank, "seed": args.seed,
+              "load_s": round(t1 - t0, 2), "generate_s": round(t2 - t1, 2),
+              "tokens_per_second": round(info["stats"]["tokens_per_second"], 1),
+              "clap_candidates": info.get("clap_candidates"), "threads": torch.get_num_threads()}
+    print(json.dumps(record))
+    return record
+
+
 def generate_command(args) -> dict:
     from .stable_audio_lite import generate
 
     if not args.out.lower().endswith((".wav", ".flac")):
         raise SystemExit(f"--out {args.out}: give a .wav or .flac path")
     set_threads(args.threads)
+    if args.model.startswith("musicgen-lite"):
+        return musicgen_lite_command(args)
+    if args.audio_prompt or args.rerank != 1:
+        raise SystemExit(f"--audio-prompt and --rerank are MusicGen-Lite options; {args.model} takes neither")
+    if args.guidance_scale is None:
+        args.guidance_scale = 6.0
     t0 = time.perf_counter()
     try:
         pipe = build_pipeline(args)
@@ -70,14 +113,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m accelerando.models", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="text to audio")
-    g.add_argument("--model", choices=("stable-audio-lite", "stable-audio"), default="stable-audio-lite")
+    g.add_argument("--model", choices=("stable-audio-lite", "stable-audio", "musicgen-lite-a", "musicgen-lite-b"),
+                   default="stable-audio-lite")
     g.add_argument("--preset", choices=("full", "small", "tiny"), default="full", help="stable-audio size (random weights)")
-    g.add_argument("--weights", default=None, help="checkpoint directory (Lite DiT, or a local Stable Audio Open copy)")
+    g.add_argument("--weights", default=None,
+                   help="checkpoint directory (Lite DiT, MusicGen-Lite, or a local Stable Audio Open copy)")
     g.add_argument("--autoencoder", default=None, help="Lite autoencoder directory (default: the committed one)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--seconds", type=float, default=8.0)
     g.add_argument("--steps", type=int, default=50, help="denoising steps")
-    g.add_argument("--guidance-scale", type=float, default=6.0)
+    g.add_argument("--guidance-scale", type=float, default=None, help="CFG weight (default 6 diffusion, 3 MusicGen-Lite)")
+    g.add_argument("--audio-prompt", default=None, help="MusicGen-Lite: an audio file to prompt with (B) or continue (A)")
+    g.add_argument("--rerank", type=int, default=1, help="MusicGen-Lite: best of N candidates by CLAP-Lite score")
+    g.add_argument("--temperature", type=float, default=1.0, help="MusicGen-Lite sampling temperature")
+    g.add_argument("--top-k", type=int, default=250, help="MusicGen-Lite top-k sampling (0: off)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--out", required=True, help=".wav or .flac")

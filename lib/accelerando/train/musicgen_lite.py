@@ -1,0 +1,311 @@
+"""Train MusicGen-Lite (`accelerando.models.musicgen_lite`) on Codec-Lite tokens of the corpus.
+
+    python -m accelerando.train.musicgen_lite --variant a --minutes 40 --threads 1 --out checkpoints/musicgen_lite_a
+    python -m accelerando.train.musicgen_lite --variant b --minutes 40 --threads 1 --out checkpoints/musicgen_lite_b
+
+Data: the `train_clips` training clips whose latents the codec fit cached (`train.codec.split_latents`),
+tokenized by the committed codec (4 codebooks at 21.5 frames/s, 215 frames per 10 s clip), and
+their captions through the frozen MiniLM. Model A learns whole clips after the caption prefix.
+Model B learns the rest of a clip given its caption and its opening (a 1.5-4 s audio prompt,
+drawn per batch), so its audio prompt is a style and tempo seed, not a copy of the target.
+
+Recipe (seed 003, section 1.3-1.4 and 3.1): AdamW (beta 0.9 / 0.99, weight decay 0.1 on matrices),
+linear warm-up over the first 10% of the steps then a cosine to 10% of the peak, gradient
+clipping at 1.0, gradient accumulation to an effective batch of `batch_size x accumulate` (32),
+autocast fp16 on CUDA (CPU trains in fp32: no fast half-precision GEMM on this CPU), condition
+dropout for classifier-free guidance (all conditions at once in 10% of the rows, as MusicGen
+does; for B also the audio prompt alone in 10% and the text alone in 5%), an EMA
+of the weights, validation NLL per codebook every `val_every` steps, the three best checkpoints by
+validation loss kept in `<out>/top3/` (not committed), the best one (EMA weights) written to
+`<out>`, and the fixed prompts sampled every `sample_every` steps into the log with their
+CLAP-Lite score. The budget is wall-clock: the step count is estimated from the first steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config_from_argv, warmup_cosine
+
+FIXED_PROMPTS = (
+    "A four-part chorale in D major for brass at 90 BPM, in 4/4",
+    "A fiddle tune in G major for string quartet at 120 BPM, in 2/4, with a rock drum beat",
+    "A renaissance piece in A minor for piano at 70 BPM, in 3/4",
+)
+
+
+@dataclass
+class TrainConfig:
+    variant: str = "a"  # "a" (text prefix LM) or "b" (text + audio prompt, cross-attention)
+    corpus: str = "full"
+    codec: str = "checkpoints/codec_lite"
+    autoencoder: str = "checkpoints/autoencoder_lite"
+    out: str = "checkpoints/musicgen_lite_a"
+    train_clips: int = 800  # the codec fit's clips (their latents are cached)
+    val_clips: int = 64
+    minutes: float = 40.0
+    max_steps: int | None = None
+    batch_size: int = 16
+    accumulate: int = 2  # effective batch = batch_size x accumulate
+    lr: float = 1.5e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.1
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    cond_dropout: float = 0.1  # rows trained with every condition dropped: CFG's unconditional branch
+    prompt_dropout: float = 0.1  # model B: further rows without their audio prompt (text only)
+    text_dropout: float = 0.05  # model B: further rows without their text (audio prompt only)
+    prompt_seconds: tuple[float, float] = (1.5, 4.0)  # model B: audio prompt length range
+    hidden_size: int = 192
+    layers: int = 4
+    heads: int = 4
+    ffn_size: int = 768
+    dropout: float = 0.1
+    val_every: int = 100
+    sample_every: int = 300  # 0: never
+    sample_seconds: float = 4.0
+    seed: int = 0
+    threads: int = 1
+    log_every: int = 20
+
+
+def token_split(codec, autoencoder, corpus, split: str, n: int, seed: int = 0) -> dict:
+    """`n` clips of a corpus split as the LMs see them: codes [n, K, frames] (latents cached in
+    .cache/latents), caption states [n, L, 384] (fp16) and masks [n, L], captions and the clips."""
+    from ..models.text_encoder import shared_text_encoder
+    from .codec import split_latents
+
+    clips, latents = split_latents(codec.vae, autoencoder, corpus, split, n, seed)
+    codes = torch.cat([codec.rvq.encode(z) for z in latents.split(64)])
+    captions = [c.caption for c in clips]
+    encoder = shared_text_encoder()
+    parts = [encoder.encode(captions[i:i + 128]) for i in range(0, len(captions), 128)]
+    width = max(s.shape[1] for s, _ in parts)
+    states = torch.cat([torch.nn.functional.pad(s, (0, 0, 0, width - s.shape[1])) for s, _ in parts]).half()
+    mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m in parts])
+    return {"codes": codes, "states": states, "mask": mask, "captions": captions, "clips": clips}
+
+
+def token_data(cfg: TrainConfig, log_fn=print) -> dict:
+    """The codec and the train and val token splits."""
+    from ..data import build_corpus, preset
+    from ..models.codec_lite import load_codec_lite
+
+    t0 = time.perf_counter()
+    codec = load_codec_lite(cfg.codec, cfg.autoencoder)
+    corpus = build_corpus(preset(cfg.corpus, sample_rate=codec.sample_rate))
+    data = {"codec": codec, "corpus": corpus,
+            "train": token_split(codec, cfg.autoencoder, corpus, "train", cfg.train_clips, cfg.seed),
+            "val": token_split(codec, cfg.autoencoder, corpus, "val", cfg.val_clips, cfg.seed)}
+    log_fn(f"tokens: train {tuple(data['train']['codes'].shape)}, val {tuple(data['val']['codes'].shape)} "
+           f"in {time.perf_counter() - t0:.0f} s")
+    return data
+
+
+def batch_inputs(split: dict, idx, variant: str, prompt_frames: int, special: int,
+                 drop_text=None, drop_prompt=None) -> dict:
+    """Model inputs and labels for clips `idx`: A the whole clip, B the clip after its first
+    `prompt_frames` frames with those frames as the audio prompt. Text columns trimmed to the
+    batch's longest caption."""
+    from ..models.musicgen_lite import delayed_inputs_and_labels, null_condition
+
+    codes = split["codes"][idx]
+    mask = split["mask"][idx]
+    width = int(mask.sum(1).max())
+    states, mask = split["states"][idx, :width].float(), mask[:, :width]
+    if drop_text is not None:
+        states, mask = null_condition(states, mask, drop_text)
+    prompt = prompt_mask = None
+    if variant == "b":
+        prompt, codes = codes[..., :prompt_frames], codes[..., prompt_frames:]
+        prompt_mask = torch.ones(len(idx), prompt_frames, dtype=mask.dtype)
+        if drop_prompt is not None:
+            prompt_mask[drop_prompt] = 0
+    inputs, labels = delayed_inputs_and_labels(codes, special)
+    return {"inputs": inputs, "labels": labels, "text_states": states, "text_mask": mask,
+            "prompt_codes": prompt, "prompt_mask": prompt_mask}
+
+
+def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str | None = None) -> dict:
+    from ..models.musicgen_lite import MusicGenLite, MusicGenLiteConfig, codebook_nll, save_musicgen_lite
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    data = data or token_data(cfg, log_fn)
+    codec = data["codec"]
+    train_set, val_set = data["train"], data["val"]
+    k, size = codec.rvq.num_codebooks, codec.rvq.size
+    frame_rate = codec.frame_rate
+    clip_frames = int(train_set["codes"].shape[-1])
+    p_lo, p_hi = (round(s * frame_rate) for s in cfg.prompt_seconds)
+    if cfg.variant == "b" and not 1 <= p_lo <= p_hi < clip_frames:
+        raise ValueError(f"prompt_seconds={cfg.prompt_seconds} gives {p_lo}..{p_hi} prompt frames of {clip_frames}-frame "
+                         "clips: the prompt must leave part of the clip to learn")
+    mcfg = MusicGenLiteConfig(variant=cfg.variant, codebooks=k, codebook_size=size, hidden_size=cfg.hidden_size,
+                              layers=cfg.layers, heads=cfg.heads, ffn_size=cfg.ffn_size,
+                              text_dim=train_set["states"].shape[-1], dropout=cfg.dropout,
+                              max_prompt_frames=p_hi,
+                              max_frames=clip_frames - (p_lo if cfg.variant == "b" else 0))
+    model = MusicGenLite(mcfg).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    device_type = "cuda" if next(model.parameters()).is_cuda else "cpu"
+    amp = torch.autocast("cuda", dtype=torch.float16) if device_type == "cuda" else torch.autocast("cpu", enabled=False)
+    val_prompt = round(sum(cfg.prompt_seconds) / 2 * frame_rate)
+
+    @torch.no_grad()
+    def validate(m) -> list[float]:
+        was = m.training
+        m.eval()
+        nll = []
+        for i in range(0, len(val_set["codes"]), 32):
+            b = batch_inputs(val_set, torch.arange(i, min(i + 32, len(val_set["codes"]))), cfg.variant, val_prompt, size)
+            logits = m(b["inputs"], b["text_states"], b["text_mask"], b["prompt_codes"], b["prompt_mask"])
+            nll.append(codebook_nll(logits, b["labels"]) * b["inputs"].shape[0])
+        m.train(was)
+        return (torch.stack(nll).sum(0) / len(val_set["codes"])).tolist()
+
+    log = {"settings": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in dataclasses.asdict(cfg).items()},
+           "command": command, "model_config": dataclasses.asdict(mcfg), "params": model.num_parameters(),
+           "train_clips": len(train_set["codes"]), "val_clips": len(val_set["codes"]),
+           "frames_per_clip": int(train_set["codes"].shape[-1]), "frame_rate": frame_rate,
+           "steps": [], "val": [], "samples": []}
+    log_fn(f"musicgen-lite {cfg.variant}: {model.num_parameters() / 1e6:.2f} M params, "
+           f"{len(train_set['codes'])} clips x {train_set['codes'].shape[-1]} frames x {k} codebooks")
+    first = validate(model)
+    log["val"].append({"step": 0, "seconds": 0.0, "raw": first, "ema": first})
+    log_fn(f"step 0: val nll {np.mean(first):.4f}")
+    out = Path(cfg.out)
+    top: list[tuple[float, int, Path]] = []  # (val loss, step, path) of the best three
+
+    def keep_top(step: int, loss: float) -> None:
+        path = out / "top3" / f"step-{step:05d}"
+        top.append((loss, step, path))
+        top.sort()
+        save_musicgen_lite(ema, path, cfg.codec, extra={"trained": {"step": step, "val_nll": loss}})
+        for _, _, old in top[3:]:
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        del top[3:]
+
+    start, step, budget = time.perf_counter(), 0, cfg.minutes * 60
+    train_seconds, expected, warmup = 0.0, cfg.max_steps or 10**9, None
+    if cfg.max_steps:
+        warmup = max(1, int(cfg.warmup_frac * cfg.max_steps))
+    while step < expected:
+        elapsed = time.perf_counter() - start
+        if elapsed >= budget:
+            break
+        if cfg.max_steps is None and step >= 5:
+            expected = step + max(1, int((budget - elapsed) / (train_seconds / step)))
+            if warmup is None:  # fixed once, from the first steps' pace
+                warmup = max(1, int(cfg.warmup_frac * expected))
+        lr = warmup_cosine(cfg.lr, step, warmup or 10**9, (step - (warmup or 0)) / max(1, expected - (warmup or 0)), floor=0.1)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        prompt_frames = int(rng.integers(p_lo, p_hi + 1))
+        opt.zero_grad(set_to_none=True)
+        loss_sum, per_codebook = 0.0, torch.zeros(k)
+        for _ in range(cfg.accumulate):
+            idx = torch.from_numpy(rng.integers(len(train_set["codes"]), size=cfg.batch_size))
+            u = torch.from_numpy(rng.random(cfg.batch_size))
+            both, only_prompt = cfg.cond_dropout, cfg.cond_dropout + cfg.prompt_dropout
+            drop_prompt = u < only_prompt
+            drop_text = (u < both) | ((u >= only_prompt) & (u < only_prompt + cfg.text_dropout))
+            b = batch_inputs(train_set, idx, cfg.variant, prompt_frames, size, drop_text, drop_prompt)
+            with amp:
+                logits = model(b["inputs"], b["text_states"], b["text_mask"], b["prompt_codes"], b["prompt_mask"])
+                nll = codebook_nll(logits.float(), b["labels"])
+            (nll.mean() / cfg.accumulate).backward()
+            loss_sum += nll.mean().item() / cfg.accumulate
+            per_codebook += nll.detach() / cfg.accumulate
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
+        train_seconds += time.perf_counter() - t0
+        step += 1
+        log["steps"].append({"step": step, "lr": lr, "loss": loss_sum, "per_codebook": per_codebook.tolist(),
+                             "grad_norm": float(grad_norm)})
+        if step % cfg.log_every == 0:
+            recent = np.mean([r["loss"] for r in log["steps"][-cfg.log_every:]])
+            log_fn(f"step {step}/{expected}: loss {recent:.4f} lr {lr:.2e} {train_seconds / step:.2f} s/step")
+        if step % cfg.val_every == 0:
+            row = {"step": step, "seconds": time.perf_counter() - start, "raw": validate(model), "ema": validate(ema)}
+            log["val"].append(row)
+            keep_top(step, float(np.mean(row["ema"])))
+            log_fn(f"step {step}: val nll raw {np.mean(row['raw']):.4f} ema {np.mean(row['ema']):.4f}")
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            log["samples"].append({"step": step, **sample_fixed_prompts(ema, codec, cfg, val_set)})
+
+    if log["val"][-1]["step"] != step:
+        row = {"step": step, "seconds": time.perf_counter() - start, "raw": validate(model), "ema": validate(ema)}
+        log["val"].append(row)
+        keep_top(step, float(np.mean(row["ema"])))
+    log["throughput"] = {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - start,
+                         "seconds_per_step": train_seconds / max(step, 1), "threads": cfg.threads,
+                         "tokens_per_step": cfg.batch_size * cfg.accumulate * k * int(train_set["codes"].shape[-1])}
+    best_loss, best_step, best_path = top[0]
+    from ..checkpoint import load_checked
+    from ..models.musicgen_lite import WEIGHTS_FILE
+
+    load_checked(ema, best_path / WEIGHTS_FILE)
+    log["best"] = {"step": best_step, "val_nll": best_loss}
+    save_musicgen_lite(ema, out, cfg.codec, extra={"trained": log["best"]})
+    (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    log_fn(f"done: {step} steps in {train_seconds:.0f} s; best val nll {best_loss:.4f} at step {best_step} -> {out}")
+    return log
+
+
+@torch.no_grad()
+def sample_fixed_prompts(model, codec, cfg: TrainConfig, val_set: dict) -> dict:
+    """The fixed prompts (model B: with the opening of a validation clip as audio prompt), decoded,
+    scored by CLAP-Lite when its checkpoint is present."""
+    from ..models.musicgen_lite import frames_for, generate
+    from ..models.text_encoder import shared_text_encoder
+
+    states, mask = shared_text_encoder().encode(list(FIXED_PROMPTS))
+    prompt = None
+    if cfg.variant == "b":
+        prompt = val_set["codes"][: len(FIXED_PROMPTS), :, : round(3 * codec.frame_rate)]
+    t0 = time.perf_counter()
+    codes, stats = generate(model, states, mask, frames_for(cfg.sample_seconds, codec.frame_rate), prompt_codes=prompt,
+                            guidance=3.0, seed=cfg.seed, frame_rate=codec.frame_rate)
+    wav = codec.decode(codes)
+    row = {"generate_s": time.perf_counter() - t0, "tokens_per_second": stats.tokens_per_second}
+    try:
+        from ..models.clap_lite import CLAPLite
+        from ..models.musicgen_lite import MusicGenLitePipeline
+        from ..models.stable_audio_lite import CHECKPOINTS
+
+        clap = CLAPLite.from_pretrained(CHECKPOINTS / "clap_lite")
+        row["clap"] = MusicGenLitePipeline(model, codec, clap=clap).clap_scores(wav, list(FIXED_PROMPTS)).tolist()
+    except FileNotFoundError:
+        pass
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = config_from_argv(TrainConfig, argv, __doc__.split("\n\n")[0])
+    command = " ".join(["python -m accelerando.train.musicgen_lite", *(sys.argv[1:] if argv is None else argv)])
+    return train(cfg, log_fn=lambda *a: print(*a, flush=True), command=command)
+
+
+if __name__ == "__main__":
+    main()
