@@ -196,3 +196,8 @@ def test_committed_models_generate_from_the_command_line(variant, tmp_path):
     with pytest.raises(SystemExit, match="trained on clips of up to"):
         main(["generate", "--model", f"musicgen-lite-{variant}", "--prompt", "x", "--seconds", "60",
               "--out", str(out)])
+    with pytest.raises(SystemExit, match="--steps is an option of stable-audio models"):
+        main(["generate", "--model", f"musicgen-lite-{variant}", "--prompt", "x", "--steps", "10", "--out", str(out)])
+    with pytest.raises(SystemExit, match="--audio-prompt, --top-k are options of musicgen-lite models"):
+        main(["generate", "--model", "stable-audio-lite", "--prompt", "x", "--audio-prompt", str(prompt),
+              "--top-k", "5", "--out", str(out)])

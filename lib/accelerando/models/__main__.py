@@ -45,6 +45,28 @@ def build_pipeline(args):
     return build_stable_audio(args.preset, weights=args.weights)
 
 
+# Flags of one model family, with their defaults; given to the other family they are an error,
+# not silently ignored.
+MODEL_FLAGS = {
+    "musicgen-lite": {"audio_prompt": None, "rerank": 1, "temperature": 1.0, "top_k": 250, "guidance_scale": 3.0},
+    "stable-audio": {"steps": 50, "preset": "full", "autoencoder": None, "guidance_scale": 6.0},
+}
+
+
+def resolve_model_flags(args) -> None:
+    """Refuse the other family's flags, then fill this family's defaults into `args`."""
+    family = "musicgen-lite" if args.model.startswith("musicgen-lite") else "stable-audio"
+    other = next(f for f in MODEL_FLAGS if f != family)
+    wrong = [f for f in MODEL_FLAGS[other] if f not in MODEL_FLAGS[family] and getattr(args, f) is not None]
+    if wrong:
+        flags = ", ".join("--" + f.replace("_", "-") for f in wrong)
+        raise SystemExit(f"error: {flags} {'is an option' if len(wrong) == 1 else 'are options'} of {other} models; "
+                         f"--model {args.model} takes none of them")
+    for flag, default in MODEL_FLAGS[family].items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+
+
 def musicgen_lite_command(args) -> dict:
     from ..audio import AudioError, load_audio
     from .musicgen_lite import MusicGenLitePipeline
@@ -56,7 +78,7 @@ def musicgen_lite_command(args) -> dict:
     except (FileNotFoundError, ValueError, AudioError) as err:
         raise SystemExit(f"error: {err}") from None
     t1 = time.perf_counter()
-    guidance = 3.0 if args.guidance_scale is None else args.guidance_scale
+    guidance = args.guidance_scale
     try:
         audio, info = pipe([args.prompt], seconds=args.seconds, audio_prompt=prompt[0], audio_prompt_sr=prompt[1],
                            guidance=guidance, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
@@ -81,12 +103,9 @@ def generate_command(args) -> dict:
     if not args.out.lower().endswith((".wav", ".flac")):
         raise SystemExit(f"--out {args.out}: give a .wav or .flac path")
     set_threads(args.threads)
+    resolve_model_flags(args)
     if args.model.startswith("musicgen-lite"):
         return musicgen_lite_command(args)
-    if args.audio_prompt or args.rerank != 1:
-        raise SystemExit(f"--audio-prompt and --rerank are MusicGen-Lite options; {args.model} takes neither")
-    if args.guidance_scale is None:
-        args.guidance_scale = 6.0
     t0 = time.perf_counter()
     try:
         pipe = build_pipeline(args)
@@ -115,18 +134,18 @@ def main(argv: list[str] | None = None) -> None:
     g = sub.add_parser("generate", help="text to audio")
     g.add_argument("--model", choices=("stable-audio-lite", "stable-audio", "musicgen-lite-a", "musicgen-lite-b"),
                    default="stable-audio-lite")
-    g.add_argument("--preset", choices=("full", "small", "tiny"), default="full", help="stable-audio size (random weights)")
+    g.add_argument("--preset", choices=("full", "small", "tiny"), default=None, help="stable-audio size (random weights; default full)")
     g.add_argument("--weights", default=None,
                    help="checkpoint directory (Lite DiT, MusicGen-Lite, or a local Stable Audio Open copy)")
     g.add_argument("--autoencoder", default=None, help="Lite autoencoder directory (default: the committed one)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--seconds", type=float, default=8.0)
-    g.add_argument("--steps", type=int, default=50, help="denoising steps")
+    g.add_argument("--steps", type=int, default=None, help="denoising steps (default 50)")
     g.add_argument("--guidance-scale", type=float, default=None, help="CFG weight (default 6 diffusion, 3 MusicGen-Lite)")
     g.add_argument("--audio-prompt", default=None, help="MusicGen-Lite: an audio file to prompt with (B) or continue (A)")
-    g.add_argument("--rerank", type=int, default=1, help="MusicGen-Lite: best of N candidates by CLAP-Lite score")
-    g.add_argument("--temperature", type=float, default=1.0, help="MusicGen-Lite sampling temperature")
-    g.add_argument("--top-k", type=int, default=250, help="MusicGen-Lite top-k sampling (0: off)")
+    g.add_argument("--rerank", type=int, default=None, help="MusicGen-Lite: best of N candidates by CLAP-Lite score (default 1)")
+    g.add_argument("--temperature", type=float, default=None, help="MusicGen-Lite sampling temperature (default 1)")
+    g.add_argument("--top-k", type=int, default=None, help="MusicGen-Lite top-k sampling (0: off; default 250)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--out", required=True, help=".wav or .flac")
