@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
-from accelerando.models.codec_lite import LatentCodec, ResidualVQ
+from accelerando.models.codec_lite import LatentCodec, ResidualVQ, codec_reconstruction
 from accelerando.models.patterns import (delay_pattern, flatten_pattern, sequence_steps, undelay_pattern,
                                          unflatten_pattern)
 
@@ -53,6 +53,13 @@ def test_latent_codec_encodes_and_decodes_audio():
     assert codes.shape == (2, 2, 8)
     assert codec.decode(codes).shape == (2, 1, 8 * 1024)
     assert codec.frame_rate == pytest.approx(22050 / 1024) and codec.bitrate == pytest.approx(22050 / 1024 * 2 * 2)
+    assert (codec.num_codebooks, codec.codebook_size, codec.weights_sha256) == (2, 4, None)
+    rows = codec_reconstruction(codec, wav[0])
+    assert [r["stage"] for r in rows] == ["autoencoder", "1 codebook", "2 codebooks"]
+    assert rows[1]["bitrate"] == pytest.approx(codec.frame_rate * 2) and rows[0]["bitrate"] is None
+    assert rows[1]["latent_rel_err"] >= rows[2]["latent_rel_err"]
+    cached = codec_reconstruction(codec, wav[0], latents=z[0])  # the same latents, given: the same rows
+    assert [r["mrstft"] for r in cached] == pytest.approx([r["mrstft"] for r in rows])
     with pytest.raises(ValueError, match="samples"):
         codec.encode(torch.zeros(2, 1024))
     with pytest.raises(ValueError, match="fit the RVQ"):
@@ -62,6 +69,7 @@ def test_latent_codec_encodes_and_decodes_audio():
 def test_codec_checkpoint_round_trips_and_refuses_another_autoencoder(tmp_path):
     from accelerando.models.autoencoder_lite import save_autoencoder_lite
     from accelerando.models.codec_lite import load_codec_lite, save_codec_lite
+    from accelerando.models.stable_audio_lite import file_sha256
 
     vae = build_autoencoder_lite(AUTOENCODER_TINY_CONFIG).eval()
     save_autoencoder_lite(vae, tmp_path / "ae")
@@ -69,6 +77,7 @@ def test_codec_checkpoint_round_trips_and_refuses_another_autoencoder(tmp_path):
     save_codec_lite(rvq, tmp_path / "codec", vae_path=tmp_path / "ae")
     codec = load_codec_lite(tmp_path / "codec", vae_path=tmp_path / "ae")
     assert torch.allclose(codec.rvq.codebooks, rvq.codebooks.half().float())
+    assert codec.weights_sha256 == file_sha256(tmp_path / "codec" / "codec_lite.safetensors")
     save_autoencoder_lite(build_autoencoder_lite(AUTOENCODER_TINY_CONFIG, seed=1), tmp_path / "other")
     with pytest.raises(ValueError, match="another autoencoder"):
         load_codec_lite(tmp_path / "codec", vae_path=tmp_path / "other")

@@ -129,6 +129,9 @@ def test_a_few_training_steps_lower_the_validation_loss(variant, tiny_codec_dir,
     log = train(cfg, data=data, log_fn=lambda *a: None)
     first, last = sum(log["val"][0]["ema"]) / 2, log["best"]["val_nll"]
     assert last < first - 0.5, (first, last)
+    per_frame = 8 * 2 * 2  # batch x accumulate x codebooks; B's loss scores the clip after its 4-8 frame prompt
+    tokens = log["throughput"]["tokens_per_step"]
+    assert tokens == per_frame * 24 if variant == "a" else per_frame * 16 <= tokens <= per_frame * 20
     model = load_musicgen_lite(tmp_path / "lm", tiny_codec_dir / "codec")
     assert model.config.variant == variant and len(list((tmp_path / "lm" / "top3").iterdir())) == 3
     pipe = MusicGenLitePipeline(model, codec, text_encoder=FakeText())

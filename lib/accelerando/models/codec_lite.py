@@ -16,16 +16,40 @@ previous stages leave (the residual):
     codes = codec.encode(wav)                   # [B, 4, T] int64 at 21.5 frames/s
     wav_hat = codec.decode(codes)               # [B, 1, T x 1024]
 
-A reader with real EnCodec weights uses transformers' `EncodecModel` instead; the LM code only
-sees `encode` / `decode` and [batch, codebooks, frames] codes.
+A reader with real EnCodec weights uses transformers' `EncodecModel` instead
+(`encodec_codec.EncodecTokenizer`); the LM code only sees a `TokenCodec`: `encode` / `decode`
+and [batch, codebooks, frames] codes.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 from torch import nn
+
+
+class TokenCodec(Protocol):
+    """What MusicGen-Lite needs of a tokenizer (Codec-Lite's `LatentCodec`, `EncodecTokenizer`)."""
+
+    sample_rate: int  # Hz
+    frame_rate: float  # code frames per second
+    num_codebooks: int  # K
+    codebook_size: int
+    bitrate: float  # bits per second of the codes
+    weights_sha256: str | None  # of the weights file it was loaded from (None: built in memory)
+
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """Audio [B, channels, samples] at sample_rate -> codes [B, K, frames] int64."""
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, k <= K, frames] -> audio [B, channels, samples]."""
+
+
+def token_bitrate(frame_rate: float, codebooks: int, codebook_size: int) -> float:
+    """Bits per second of RVQ codes: frames/s x codebooks x log2(codebook size)."""
+    return frame_rate * codebooks * math.log2(codebook_size)
 
 
 class ResidualVQ(nn.Module):
@@ -123,6 +147,7 @@ class LatentCodec:
             raise ValueError(f"the RVQ quantizes {rvq.codebooks.shape[2]}-dim latents, the autoencoder has "
                              f"{vae.config.decoder_input_channels}: fit the RVQ on this autoencoder's latents")
         self.vae, self.rvq = vae, rvq
+        self.weights_sha256: str | None = None  # set by load_codec_lite: the codebooks' file
 
     @property
     def sample_rate(self) -> int:
@@ -134,9 +159,16 @@ class LatentCodec:
         return self.sample_rate / self.vae.hop_length
 
     @property
+    def num_codebooks(self) -> int:
+        return self.rvq.num_codebooks
+
+    @property
+    def codebook_size(self) -> int:
+        return self.rvq.size
+
+    @property
     def bitrate(self) -> float:
-        """Bits per second of the codes: frames/s x codebooks x log2(codebook size)."""
-        return self.frame_rate * self.rvq.num_codebooks * math.log2(self.rvq.size)
+        return token_bitrate(self.frame_rate, self.num_codebooks, self.codebook_size)
 
     @torch.no_grad()
     def latents(self, wav: torch.Tensor) -> torch.Tensor:
@@ -156,6 +188,43 @@ class LatentCodec:
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, k, frames] -> audio [B, channels, frames x hop]."""
         return self.vae.decode(self.rvq.decode(codes)).sample
+
+
+@torch.no_grad()
+def codec_reconstruction(codec: TokenCodec, wav: torch.Tensor, latents: torch.Tensor | None = None) -> list[dict]:
+    """How one clip survives the codec, a row per stage: MR-STFT distance and SI-SDR (dB) of the
+    decoded audio against the clip, with 1..K codebooks (the codes' bitrate in bit/s beside).
+
+    wav [channels, samples] at codec.sample_rate. For Codec-Lite the first row is the
+    autoencoder's own round trip (no quantizer: the ceiling of any quantizer of its latents) and
+    each stage also gives the latent error relative to the latents' energy; `latents`
+    [dim, frames] are the clip's cached latents (of its first frames x hop samples), else encoded."""
+    from ..metrics.fidelity import mrstft_distance, si_sdr
+
+    wav = wav.float()
+    decoded = []  # (row fields, audio [channels, samples])
+    if isinstance(codec, LatentCodec):
+        z = codec.latents(wav[None]) if latents is None else latents[None].float()
+        codes = codec.rvq.encode(z)
+        decoded.append(({"stage": "autoencoder", "codebooks": 0}, codec.vae.decode(z).sample[0]))
+        for k in range(1, codec.num_codebooks + 1):
+            z_hat = codec.rvq.decode(codes[:, :k])
+            decoded.append(({"codebooks": k, "latent_rel_err": float(((z_hat - z) ** 2).sum() / (z**2).sum())},
+                            codec.vae.decode(z_hat).sample[0]))
+    else:
+        codes = codec.encode(wav[None])
+        decoded += [({"codebooks": k}, codec.decode(codes[:, :k])[0]) for k in range(1, codec.num_codebooks + 1)]
+    n = min(wav.shape[-1], decoded[0][1].shape[-1])
+    ref = wav[:, :n].numpy()
+    rows = []
+    for fields, out in decoded:
+        k = fields["codebooks"]
+        out = out[:, :n].numpy()
+        rows.append({"stage": f"{k} codebook{'s' if k > 1 else ''}", "codebooks": k,
+                     "bitrate": token_bitrate(codec.frame_rate, k, codec.codebook_size) if k else None,
+                     **fields, "mrstft": mrstft_distance(ref, out, codec.sample_rate),
+                     "si_sdr": si_sdr(ref, out, codec.sample_rate)})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,4 +276,6 @@ def load_codec_lite(path=None, vae_path=None) -> LatentCodec:
                          f"decode to noise. Pass the autoencoder it was fitted on, or refit ({fix})")
     rvq = ResidualVQ(meta["codebooks"], meta["size"], meta["dim"])
     load_checked(rvq, path / WEIGHTS_FILE, fix)
-    return LatentCodec(load_autoencoder_lite(vae_path, expect_config=None), rvq.float())
+    codec = LatentCodec(load_autoencoder_lite(vae_path, expect_config=None), rvq.float())
+    codec.weights_sha256 = file_sha256(path / WEIGHTS_FILE)  # what MusicGen-Lite checkpoints store
+    return codec

@@ -1,9 +1,10 @@
 """MusicGen-Lite (seed 003): language models over Codec-Lite tokens, built from MusicGen's own
 decoder layers (transformers `MusicgenDecoderLayer`), trained here on the corpus.
 
-Audio is K parallel code streams [batch, K, frames] (`codec_lite`, 21.5 frames/s). In MusicGen's
-delay pattern (`patterns.delay_pattern`) codebook k runs k steps late, so one decoder step emits
-one token per codebook: the step's input is the sum of K code embeddings, its outputs K heads.
+Audio is K parallel code streams [batch, K, frames] (`codec_lite`, 21.5 frames/s; or any other
+`TokenCodec`, such as EnCodec through `encodec_codec`). In MusicGen's delay pattern
+(`patterns.delay_pattern`) codebook k runs k steps late, so one decoder step emits one token per
+codebook: the step's input is the sum of K code embeddings, its outputs K heads.
 
     Model A (variant "a", the seed's baseline): a prefix LM. The frozen MiniLM token states of the
       prompt, projected to the model width, are prepended to the audio steps; one causal
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,6 +36,7 @@ from transformers import MusicgenDecoderConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.musicgen.modeling_musicgen import MusicgenDecoderLayer, MusicgenSinusoidalPositionalEmbedding
 
+from .codec_lite import TokenCodec
 from .patterns import delay_pattern, undelay_pattern
 
 VARIANTS = ("a", "b")
@@ -89,7 +92,6 @@ class MusicGenLite(nn.Module):
         self.config = config
         dc = config.decoder_config()
         d = config.hidden_size
-        self.special = config.codebook_size
         self.embed_tokens = nn.ModuleList(nn.Embedding(config.codebook_size + 1, d) for _ in range(config.codebooks))
         self.embed_positions = MusicgenSinusoidalPositionalEmbedding(4096, d)  # not a parameter
         self.text_proj = nn.Linear(config.text_dim, d)
@@ -363,31 +365,45 @@ CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
 
-def save_musicgen_lite(model: MusicGenLite, path, codec_path, extra: dict | None = None):
-    """fp16 weights and a config.json with the architecture and the SHA-256 of the codec whose
-    tokens the model predicts."""
-    from pathlib import Path
-
-    from ..checkpoint import save_fp16
+def codec_fingerprint(codec: TokenCodec | str | Path) -> str | None:
+    """The SHA-256 of the weights file whose tokens a model predicts: a loaded codec's
+    `weights_sha256`, or a Codec-Lite checkpoint directory's codebooks file (None if absent)."""
     from .codec_lite import WEIGHTS_FILE as CODEC_WEIGHTS
     from .stable_audio_lite import file_sha256
 
+    if isinstance(codec, (str, Path)):
+        weights = Path(codec).expanduser() / CODEC_WEIGHTS
+        return file_sha256(weights) if weights.is_file() else None
+    if codec.weights_sha256 is None:
+        raise ValueError("this codec was built in memory (random weights or a fresh fit), so no checkpoint can name "
+                         "it: load it from its files (load_codec_lite, EncodecTokenizer.from_pretrained) first")
+    return codec.weights_sha256
+
+
+def save_musicgen_lite(model: MusicGenLite, path, codec: TokenCodec | str | Path, extra: dict | None = None):
+    """fp16 weights and a config.json with the architecture and the SHA-256 of the codec whose
+    tokens the model predicts (`codec`: the codec, or the Codec-Lite directory it was loaded from)."""
+    from ..checkpoint import save_fp16
+
+    sha = codec_fingerprint(codec)
+    if sha is None:
+        raise FileNotFoundError(f"no Codec-Lite weights in {codec}: pass the codec the model was trained on")
     meta = {"class": "MusicGenLite", "format": FORMAT_VERSION, "config": asdict(model.config),
-            "codec_sha256": file_sha256(Path(codec_path) / CODEC_WEIGHTS), **(extra or {})}
+            "codec_sha256": sha, **(extra or {})}
     return save_fp16(model, path, weights_name=WEIGHTS_FILE, config_name=CONFIG_FILE, meta=meta)
 
 
-def load_musicgen_lite(path, codec_path=None) -> MusicGenLite:
-    """A trained MusicGen-Lite; errors name the fix (missing files, other class, other codec)."""
+def load_musicgen_lite(path, codec: TokenCodec | str | Path | None = None) -> MusicGenLite:
+    """A trained MusicGen-Lite; errors name the fix (missing files, other class, other codec).
+    `codec` (default: the committed Codec-Lite directory) is checked against the checkpoint's
+    codec SHA-256 when its weights are known."""
     import json
-    from pathlib import Path
 
     from ..checkpoint import load_checked
-    from .codec_lite import WEIGHTS_FILE as CODEC_WEIGHTS
-    from .stable_audio_lite import CHECKPOINTS, file_sha256
+    from .stable_audio_lite import CHECKPOINTS
 
     path = Path(path).expanduser()
-    codec_path = Path(codec_path or CHECKPOINTS / "codec_lite").expanduser()
+    codec = CHECKPOINTS / "codec_lite" if codec is None else codec
     fix = (f"Train one with `python -m accelerando.train.musicgen_lite --variant a --out {path}` "
            "or pass the directory that holds it.")
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
@@ -395,8 +411,9 @@ def load_musicgen_lite(path, codec_path=None) -> MusicGenLite:
     meta = json.loads((path / CONFIG_FILE).read_text())
     if meta.get("class") != "MusicGenLite" or meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path / CONFIG_FILE} is not a MusicGen-Lite config (class {meta.get('class')!r}). {fix}")
-    if (codec_path / CODEC_WEIGHTS).is_file() and file_sha256(codec_path / CODEC_WEIGHTS) != meta["codec_sha256"]:
-        raise ValueError(f"{path} was trained on the tokens of another codec than {codec_path}: pass the codec it "
+    sha = codec_fingerprint(codec)
+    if sha is not None and sha != meta["codec_sha256"]:
+        raise ValueError(f"{path} was trained on the tokens of another codec than {codec}: pass the codec it "
                          f"was trained with, or retrain ({fix})")
     model = MusicGenLite(MusicGenLiteConfig.from_dict(meta["config"]))
     load_checked(model, path / WEIGHTS_FILE, fix)
@@ -416,19 +433,22 @@ CHECKPOINT_NAMES = {"a": "musicgen_lite_a", "b": "musicgen_lite_b"}
 
 
 class MusicGenLitePipeline:
-    """prompts -> MiniLM states -> MusicGen-Lite codes -> Codec-Lite audio; CLAP-Lite reranking.
+    """prompts -> MiniLM states -> MusicGen-Lite codes -> audio through the codec; CLAP-Lite reranking.
 
         pipe = MusicGenLitePipeline.from_pretrained("b")
         audio, info = pipe(["a chorale in D major for brass"], seconds=8, audio_prompt=wav, rerank=4)
         # audio [B, 1, samples] at pipe.sample_rate; info: codes, CLAP scores, timing
+
+    The codec is any `TokenCodec` with the LM's token geometry: Codec-Lite (`from_pretrained`) or
+    EnCodec (`encodec_codec.EncodecTokenizer`, for a model trained on its tokens).
     """
 
-    def __init__(self, model: MusicGenLite, codec, text_encoder=None, clap=None):
+    def __init__(self, model: MusicGenLite, codec: TokenCodec, text_encoder=None, clap=None):
         from .text_encoder import shared_text_encoder
 
-        if model.config.codebooks != codec.rvq.num_codebooks or model.config.codebook_size != codec.rvq.size:
+        if model.config.codebooks != codec.num_codebooks or model.config.codebook_size != codec.codebook_size:
             raise ValueError(f"the LM predicts {model.config.codebooks} x {model.config.codebook_size} codes, the codec "
-                             f"has {codec.rvq.num_codebooks} x {codec.rvq.size}: load the codec it was trained on")
+                             f"has {codec.num_codebooks} x {codec.codebook_size}: load the codec it was trained on")
         self.model, self.codec = model.eval(), codec
         self.text_encoder = text_encoder or shared_text_encoder()
         self.clap = clap
@@ -444,10 +464,11 @@ class MusicGenLitePipeline:
             raise ValueError(f"variant {variant!r}: use 'a' (text) or 'b' (text + audio prompt)")
         path = path or CHECKPOINTS / CHECKPOINT_NAMES[variant]
         codec_path = codec_path or CHECKPOINTS / "codec_lite"
-        model = load_musicgen_lite(path, codec_path)
+        codec = load_codec_lite(codec_path, autoencoder_path)
+        model = load_musicgen_lite(path, codec)
         if model.config.variant != variant:
             raise ValueError(f"{path} holds model {model.config.variant.upper()}, not {variant.upper()}")
-        pipe = cls(model, load_codec_lite(codec_path, autoencoder_path))
+        pipe = cls(model, codec)
         pipe._clap_path = clap_path or CHECKPOINTS / "clap_lite"
         return pipe
 

@@ -13,7 +13,6 @@ codebooks), `<out>/config.json` and `<out>/train_log.json`.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -57,9 +56,8 @@ def split_latents(vae, vae_path, corpus, split: str, n: int, seed: int = 0) -> t
 
 def fit(cfg: CodecConfig) -> dict:
     from ..data import Corpus, build_corpus, preset
-    from ..metrics.fidelity import mrstft_distance, si_sdr
     from ..models.autoencoder_lite import load_autoencoder_lite
-    from ..models.codec_lite import LatentCodec, ResidualVQ, save_codec_lite
+    from ..models.codec_lite import LatentCodec, ResidualVQ, codec_reconstruction, save_codec_lite
     from .autoencoder import load_clips
 
     if cfg.threads:
@@ -73,32 +71,19 @@ def fit(cfg: CodecConfig) -> dict:
     rvq = ResidualVQ.fit(latents, codebooks=cfg.codebooks, size=cfg.size, iters=cfg.iters, seed=cfg.seed)
     fit_s = time.time() - start - encode_s
     codec = LatentCodec(vae, rvq)
-    sr = codec.sample_rate
-    evaluation = {"autoencoder": {"mrstft": [], "si_sdr": []}, **{k: {"mrstft": [], "si_sdr": [], "latent_rel_err": []}
-                                                                    for k in range(1, cfg.codebooks + 1)}}
-    for clip in load_clips(Corpus(corpus.path, corpus.filter(split="test").clips[: cfg.eval_clips]), "test"):
-        wav = torch.from_numpy(clip)[None, None]
-        z = codec.latents(wav)
-        n = min(wav.shape[-1], z.shape[-1] * vae.hop_length)
-        ref = clip[None, :n]
-        with torch.no_grad():
-            ae = vae.decode(z).sample[0, :, :n].numpy()
-        evaluation["autoencoder"]["mrstft"].append(mrstft_distance(ref, ae, sr))
-        evaluation["autoencoder"]["si_sdr"].append(si_sdr(ref, ae, sr))
-        codes = rvq.encode(z)
-        for k in range(1, cfg.codebooks + 1):
-            z_hat = rvq.decode(codes[:, :k])
-            out = codec.vae.decode(z_hat).sample[0, :, :n].detach().numpy()
-            evaluation[k]["mrstft"].append(mrstft_distance(ref, out, sr))
-            evaluation[k]["si_sdr"].append(si_sdr(ref, out, sr))
-            evaluation[k]["latent_rel_err"].append(float(((z_hat - z) ** 2).sum() / (z**2).sum()))
-    summary = {str(k): {m: float(np.mean(v)) for m, v in d.items()} for k, d in evaluation.items()}
+    eval_corpus = Corpus(corpus.path, corpus.filter(split="test").clips[: cfg.eval_clips])
+    per_clip = [codec_reconstruction(codec, torch.from_numpy(clip)[None]) for clip in load_clips(eval_corpus, "test")]
+    metrics = ("mrstft", "si_sdr", "latent_rel_err")
+    # {"autoencoder" | "1".."K": {metric: mean over the clips}}, the stages in order
+    summary = {("autoencoder" if row["codebooks"] == 0 else str(row["codebooks"])):
+               {m: float(np.mean([clip[i][m] for clip in per_clip])) for m in metrics if m in row}
+               for i, row in enumerate(per_clip[0])}
     log = {
         "command": "python -m accelerando.train.codec " + " ".join(sys.argv[1:]),
         "config": asdict(cfg), "latent_frames": int(latents.shape[0]), "encode_s": encode_s, "fit_s": fit_s,
         "frame_rate": codec.frame_rate, "bitrate": codec.bitrate,
-        "bitrate_per_codebooks": {k: codec.frame_rate * k * math.log2(cfg.size) for k in range(1, cfg.codebooks + 1)},
-        "eval_clips": len(evaluation[1]["mrstft"]), "reconstruction": summary,
+        "bitrate_per_codebooks": {row["codebooks"]: row["bitrate"] for row in per_clip[0][1:]},
+        "eval_clips": len(per_clip), "reconstruction": summary,
     }
     out = save_codec_lite(rvq, cfg.out, vae_path=cfg.autoencoder, extra={"fit": {k: log[k] for k in ("latent_frames", "bitrate")}})
     (Path(out) / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

@@ -80,8 +80,9 @@ class TrainConfig:
 
 
 def token_split(codec, autoencoder, corpus, split: str, n: int, seed: int = 0) -> dict:
-    """`n` clips of a corpus split as the LMs see them: codes [n, K, frames] (latents cached in
-    .cache/latents), caption states [n, L, 384] (fp16) and masks [n, L], captions and the clips."""
+    """`n` clips of a corpus split as the LMs see them: codes [n, K, frames], the autoencoder
+    latents [n, 16, frames] they quantize (cached in .cache/latents), caption states [n, L, 384]
+    (fp16) and masks [n, L], captions and the clips."""
     from ..models.text_encoder import shared_text_encoder
     from .codec import split_latents
 
@@ -93,7 +94,7 @@ def token_split(codec, autoencoder, corpus, split: str, n: int, seed: int = 0) -
     width = max(s.shape[1] for s, _ in parts)
     states = torch.cat([torch.nn.functional.pad(s, (0, 0, 0, width - s.shape[1])) for s, _ in parts]).half()
     mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m in parts])
-    return {"codes": codes, "states": states, "mask": mask, "captions": captions, "clips": clips}
+    return {"codes": codes, "latents": latents, "states": states, "mask": mask, "captions": captions, "clips": clips}
 
 
 def token_data(cfg: TrainConfig, log_fn=print) -> dict:
@@ -137,6 +138,7 @@ def batch_inputs(split: dict, idx, variant: str, prompt_frames: int, special: in
 
 
 def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str | None = None) -> dict:
+    from ..bench.musicgen import token_nll
     from ..models.musicgen_lite import MusicGenLite, MusicGenLiteConfig, codebook_nll, save_musicgen_lite
 
     torch.set_num_threads(cfg.threads)
@@ -145,7 +147,7 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
     data = data or token_data(cfg, log_fn)
     codec = data["codec"]
     train_set, val_set = data["train"], data["val"]
-    k, size = codec.rvq.num_codebooks, codec.rvq.size
+    k, size = codec.num_codebooks, codec.codebook_size
     frame_rate = codec.frame_rate
     clip_frames = int(train_set["codes"].shape[-1])
     p_lo, p_hi = (round(s * frame_rate) for s in cfg.prompt_seconds)
@@ -167,17 +169,17 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
     amp = torch.autocast("cuda", dtype=torch.float16) if device_type == "cuda" else torch.autocast("cpu", enabled=False)
     val_prompt = round(sum(cfg.prompt_seconds) / 2 * frame_rate)
 
-    @torch.no_grad()
     def validate(m) -> list[float]:
+        """Validation NLL per codebook: A whole clips, B each clip after its `val_prompt` frames
+        (all clips have as many tokens, so the mean over clips is the mean over tokens)."""
         was = m.training
-        m.eval()
-        nll = []
-        for i in range(0, len(val_set["codes"]), 32):
-            b = batch_inputs(val_set, torch.arange(i, min(i + 32, len(val_set["codes"]))), cfg.variant, val_prompt, size)
-            logits = m(b["inputs"], b["text_states"], b["text_mask"], b["prompt_codes"], b["prompt_mask"])
-            nll.append(codebook_nll(logits, b["labels"]) * b["inputs"].shape[0])
+        codes, states, mask = val_set["codes"], val_set["states"], val_set["mask"]
+        if cfg.variant == "b":
+            nll = token_nll(m, codes[..., val_prompt:], states, mask, prompt_codes=codes[..., :val_prompt], batch=32)
+        else:
+            nll = token_nll(m, codes, states, mask, batch=32)
         m.train(was)
-        return (torch.stack(nll).sum(0) / len(val_set["codes"])).tolist()
+        return nll.mean(0).tolist()
 
     log = {"settings": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in dataclasses.asdict(cfg).items()},
            "command": command, "model_config": dataclasses.asdict(mcfg), "params": model.num_parameters(),
@@ -193,10 +195,12 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
     top: list[tuple[float, int, Path]] = []  # (val loss, step, path) of the best three
 
     def keep_top(step: int, loss: float) -> None:
-        path = out / "top3" / f"step-{step:05d}"
-        top.append((loss, step, path))
+        entry = (loss, step, out / "top3" / f"step-{step:05d}")
+        if len(top) == 3 and entry > top[-1]:  # not among the best three: nothing to write
+            return
+        save_musicgen_lite(ema, entry[2], cfg.codec, extra={"trained": {"step": step, "val_nll": loss}})
+        top.append(entry)
         top.sort()
-        save_musicgen_lite(ema, path, cfg.codec, extra={"trained": {"step": step, "val_nll": loss}})
         for _, _, old in top[3:]:
             for f in old.iterdir():
                 f.unlink()
@@ -205,6 +209,7 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
 
     start, step, budget = time.perf_counter(), 0, cfg.minutes * 60
     train_seconds, expected, warmup = 0.0, cfg.max_steps or 10**9, None
+    target_tokens = 0  # the tokens the loss scores: B's audio prompt is context, not target
     if cfg.max_steps:
         warmup = max(1, int(cfg.warmup_frac * cfg.max_steps))
     while step < expected:
@@ -220,6 +225,8 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
             group["lr"] = lr
         t0 = time.perf_counter()
         prompt_frames = int(rng.integers(p_lo, p_hi + 1))
+        target_frames = clip_frames - (prompt_frames if cfg.variant == "b" else 0)
+        target_tokens += cfg.batch_size * cfg.accumulate * k * target_frames
         opt.zero_grad(set_to_none=True)
         loss_sum, per_codebook = 0.0, torch.zeros(k)
         for _ in range(cfg.accumulate):
@@ -260,7 +267,7 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
         keep_top(step, float(np.mean(row["ema"])))
     log["throughput"] = {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - start,
                          "seconds_per_step": train_seconds / max(step, 1), "threads": cfg.threads,
-                         "tokens_per_step": cfg.batch_size * cfg.accumulate * k * int(train_set["codes"].shape[-1])}
+                         "tokens_per_step": target_tokens / max(step, 1)}
     best_loss, best_step, best_path = top[0]
     from ..checkpoint import load_checked
     from ..models.musicgen_lite import WEIGHTS_FILE
