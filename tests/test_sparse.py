@@ -50,7 +50,18 @@ def test_sparse_decode_equals_full_decode(vae, regions):
     # a second edit on top of the first: the cache follows the track
     z3 = z2.clone()
     z3[..., 30:31] += 1
+    after_first = dec.maps[-1].clone()
     assert (dec.update(z3) - _decode(vae, z3)).abs().max() <= 1e-5 * scale
+    # undo walks back through both edits exactly: every map, not just the audio
+    assert torch.equal(dec.undo(), after_first) and torch.equal(dec.latents, z2)
+    dec.undo()
+    assert torch.equal(dec.latents, z) and torch.equal(dec.maps[-1], _decode_cached(vae, z))
+    with pytest.raises(RuntimeError, match="nothing to undo"):
+        dec.undo()
+
+
+def _decode_cached(vae, z):
+    return CachedDecoder(vae).decode(z)
 
 
 def test_unedited_samples_outside_the_reach_are_bit_identical(vae):
@@ -130,7 +141,7 @@ def test_edits_hold_the_rest_and_sparse_reduces_to_dense(tiny_pipe):
     assert not np.allclose(dense[..., lo:hi], before[..., lo:hi])
     assert session.latents.shape[0] == 2
     undone = session.undo()
-    assert np.allclose(undone, before, atol=1e-6)
+    assert np.array_equal(undone, before)  # the overwritten tiles come back, bit for bit
     # a dense pass at every step is the dense edit, through the sparse code path
     every = session.edit(0.2, 0.35, prompt=["a snare fill", "a bass line"], mode="sparse", refresh_every=1, seed=7)
     assert np.allclose(every, dense, atol=1e-6)
@@ -141,6 +152,43 @@ def test_edits_hold_the_rest_and_sparse_reduces_to_dense(tiny_pipe):
     # strength < 1 starts later in the schedule
     session.edit(0.1, 0.2, strength=0.5, seed=3)
     assert session.last_edit["begin_step"] == 2 and len(session.takes[-1].trajectory) == 5
+
+
+def test_corrected_kv_is_the_record_plus_the_last_dense_difference(tiny_pipe):
+    """Steps 0 and 2 dense, 1 and 3 sparse: at a sparse step the tokens outside the active set
+    attend to record(i) + dense(j) - record(j) (the merged K/V the edit's own record keeps)."""
+    session = EditSession(tiny_pipe, steps=4)
+    session.generate("a chorale in D major", seconds=0.7, seed=0)
+    session.edit(0.3, 0.4, prompt="a snare fill", refresh_every=2, kv_correction=True, margin=1, seed=5)
+    assert session.last_edit["dense_steps"] == 2 and session.last_edit["sparse_steps"] == 2
+    base, new = session.takes[0].kv, session.takes[1].kv
+    a, b = session.takes[1].meta["region_frames"]
+    outside = torch.ones(base[0][0][0].shape[2], dtype=torch.bool)
+    outside[0] = False  # the global token, always active
+    outside[1 + a - 1:1 + b + 1] = False  # token 1 + f is frame f; margin 1 each side
+    for sparse_step, dense_step in ((1, 0), (3, 2)):
+        for part in (0, 1):  # keys, values
+            for layer in range(len(base[0][0])):
+                want = base[sparse_step][part][layer] + new[dense_step][part][layer] - base[dense_step][part][layer]
+                got = new[sparse_step][part][layer]
+                assert torch.allclose(got[:, :, outside], want[:, :, outside], atol=1e-6)
+    # the difference is not zero: tokens outside the region see the edit from the first layer on
+    assert not torch.allclose(new[0][0][-1][:, :, outside], base[0][0][-1][:, :, outside])
+
+
+def test_bf16_record_halves_the_bytes_and_edits(tiny_pipe):
+    full = EditSession(tiny_pipe, steps=2)
+    half = EditSession(tiny_pipe, steps=2, record_dtype=torch.bfloat16)
+    ref = full.generate("a drum groove", seconds=0.6, seed=1)
+    audio = half.generate("a drum groove", seconds=0.6, seed=1)
+    assert np.array_equal(audio, ref)  # the record is kept beside the generation, not in it
+    nbytes = lambda s: sum(t.numel() * t.element_size() for step in s.takes[0].kv for part in step for t in part)  # noqa: E731
+    assert half.takes[0].kv[0][0][0].dtype == torch.bfloat16 and 2 * nbytes(half) == nbytes(full)
+    for session in (full, half):
+        session.edit(0.2, 0.4, refresh_every=0, seed=3)
+    assert np.allclose(half.undo(), ref) and np.isfinite(half.takes[-1].trajectory[-1]).all()
+    with pytest.raises(ValueError, match="record_dtype"):
+        EditSession(tiny_pipe, record_dtype=torch.int8)
 
 
 def test_session_runs_the_full_size_code_path():
@@ -176,6 +224,10 @@ def test_bad_edit_requests_name_the_fix(tiny_pipe):
     light.generate("music", seconds=0.6)
     with pytest.raises(ValueError, match="keep_kv"):
         light.edit(0.1, 0.3, refresh_every=0)
+    with pytest.raises(ValueError, match="keep_kv"):
+        light.edit(0.1, 0.3, refresh_every=2, kv_correction=True)
+    with pytest.raises(ValueError, match="refresh_every >= 1"):
+        session.edit(0.1, 0.3, refresh_every=0, kv_correction=True)
     original = tiny_pipe.scheduler
     try:
         from diffusers import CosineDPMSolverMultistepScheduler

@@ -111,15 +111,18 @@ def sparse(args) -> list[dict]:
         frames = pipe.transformer.config.sample_size
         for rec in decoder_speed(pipe.vae, frames, args.fractions, rounds=args.rounds, seed=args.seed):
             records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
-        for rec in dit_step_speed(pipe.transformer, frames, args.fractions, margin=args.margin, rounds=args.rounds,
+        for rec in dit_step_speed(pipe, frames, args.fractions, margin=args.margin, rounds=args.rounds,
                                   seed=args.seed):
             records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
         seconds = frames * pipe.vae.hop_length / pipe.vae.config.sampling_rate
-        rec = end_to_end(pipe, seconds=seconds, steps=args.e2e_steps, fraction=0.1,
-                         refresh_every=args.e2e_steps, margin=args.margin, seed=args.seed)
-        rec["projected_speedup_at_100_steps"] = {f"refresh_every={k}": project_speedup(rec, 100, refresh_every=k)
-                                                 for k in (100, 10)}
-        records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
+        # sparse steps on the generation's bf16 K/V record, and one dense step then the record corrected by it
+        edits = {"record": {"refresh_every": 0},
+                 "one dense step, corrected": {"refresh_every": args.e2e_steps, "kv_correction": True}}
+        for rec in end_to_end(pipe, seconds=seconds, steps=args.e2e_steps, fraction=0.1, edits=edits,
+                              record_dtype=torch.bfloat16, margin=args.margin, seed=args.seed):
+            k = 100 if rec["refresh_every"] else 0
+            rec["projected_speedup_at_100_steps"] = project_speedup(rec, 100, refresh_every=k)
+            records.append(_print(rec | {"model": f"stable-audio-open:{args.preset}"}, args.json))
         del pipe
         model = build_musicgen(MUSICGEN_FOR[args.preset])
         at = [round(args.ar_frames * (1 - f)) for f in args.fractions if round(args.ar_frames * (1 - f)) > 0]
@@ -132,8 +135,8 @@ def sparse(args) -> list[dict]:
     test = [c.caption for c in corpus.filter(split="test")]
     prompts, edits = test[: args.prompts], (test[args.prompts:] + test)[: args.prompts]
     rows, _ = edit_fidelity(load_stable_audio_lite(), prompts, edits, fractions=args.fractions, steps=args.steps,
-                            seconds=args.seconds, refresh=args.refresh, margins=[], margin=args.margin,
-                            seed=args.seed)
+                            seconds=args.seconds, refresh=args.refresh, corrected=args.corrected, margins=[],
+                            margin=args.margin, record_dtype=torch.bfloat16, seed=args.seed)
     for f in args.fractions:
         for variant in dict.fromkeys(r["variant"] for r in rows):
             mine = [r for r in rows if r["fraction"] == f and r["variant"] == variant]
@@ -143,8 +146,9 @@ def sparse(args) -> list[dict]:
                 if metric in mine[0] and variant != "dense":
                     est = bootstrap_ci([r[metric] for r in mine], seed=args.seed)
                     summary[metric] = {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high}
-            if "outside_reach_identical" in mine[0]:
-                summary["outside_reach_identical"] = all(r["outside_reach_identical"] for r in mine)
+            for check in ("outside_reach_identical", "undo_exact"):
+                if check in mine[0]:
+                    summary[check] = all(r[check] for r in mine)
             records.append(_print(summary, args.json))
     return records
 
@@ -214,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--margin", type=int, default=8, help="latent frames computed fresh each side of a sparse edit")
     s.add_argument("--refresh", type=int, nargs="+", default=[0, 2, 5],
                    help="K/V refresh intervals of the sparse edits (0: the generation's recorded K/V)")
+    s.add_argument("--corrected", type=int, nargs="*", default=[5, 25],
+                   help="refresh intervals run with the K/V correction (record + last dense pass - its record)")
     s.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the speed comparisons")
-    s.add_argument("--e2e-steps", type=int, default=4, help="denoising steps of the measured end-to-end edit")
+    s.add_argument("--e2e-steps", type=int, default=10, help="denoising steps of the measured end-to-end edit")
     s.add_argument("--ar-frames", type=int, default=500, help="MusicGen frames of the token-model edit (50 per s)")
     s.add_argument("--prompts", type=int, default=32, help="test-split captions edited (fidelity, Lite)")
     s.add_argument("--steps", type=int, default=25, help="denoising steps of the Lite generations and edits")
@@ -228,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--fractions must lie in (0, 1], got {args.fractions}")
     if args.suite == "sparse" and any(k < 0 for k in args.refresh):
         parser.error(f"--refresh intervals must be >= 0, got {args.refresh}")
+    if args.suite == "sparse" and any(k < 1 for k in args.corrected):
+        parser.error(f"--corrected intervals must be >= 1 (a dense pass to correct from), got {args.corrected}")
     if args.suite == "baseline" and any(s <= 0 for s in args.seconds):
         parser.error(f"--seconds must be positive, got {args.seconds}")
     if args.suite == "quant":

@@ -18,6 +18,7 @@ import torch
 from ..metrics.fidelity import complex_mrstft_distance, mrstft_distance
 from ..metrics.seams import seam_jump
 from ..sparse import CachedDecoder, EditSession, KVCacheAttention, decode_window, dit_forward
+from .baseline import dit_inputs
 from .measure import compare
 
 
@@ -60,7 +61,7 @@ def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, 
     timing = compare(calls, rounds=rounds, warmup=warmup, baseline="full", device="cpu")
     # exactness: one more edit per fraction on top of each other, then one full decode of the
     # final latents checks them all (a full decode per fraction would cost more than the timing)
-    before = dec.decode(dec.latents)
+    before = dec.maps[-1].clone()
     unchanged = []
     for f in fractions:
         calls[f"cached {f:g}"]()
@@ -93,29 +94,14 @@ def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, 
     return records
 
 
-def dit_inputs(transformer, frames: int, batch: int, seed: int = 0) -> dict:
-    """Random DiT inputs of the right shapes (a CFG batch is batch=2): latents, timestep, text,
-    global states and the rotary table for frames + 1 tokens."""
-    from diffusers.models.embeddings import get_1d_rotary_pos_embed
-
-    cfg = transformer.config
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        "hidden_states": torch.randn(batch, cfg.in_channels, frames, generator=gen),
-        "timestep": torch.tensor([0.5]),
-        "encoder_hidden_states": torch.randn(batch, 130, cfg.cross_attention_input_dim, generator=gen),
-        "global_hidden_states": torch.randn(batch, 1, cfg.global_states_input_dim, generator=gen),
-        "rotary_embedding": get_1d_rotary_pos_embed(cfg.attention_head_dim // 2, frames + 1, use_real=True,
-                                                    repeat_interleave_real=False),
-    }
-
-
 @torch.no_grad()
-def dit_step_speed(transformer, frames: int, fractions: list[float], *, margin: int = 8, batch: int = 2,
+def dit_step_speed(pipe, frames: int, fractions: list[float], *, margin: int = 8, batch: int = 2,
                    rounds: int = 2, warmup: int = 1, seed: int = 0) -> list[dict]:
-    """Per edit fraction: one dense DiT forward vs one sparse forward on the edit's frames plus
-    `margin` each side (batch=2: a classifier-free-guidance step), interleaved."""
-    inputs = dit_inputs(transformer, frames, batch, seed)
+    """Per edit fraction: one dense DiT forward of `pipe.transformer` vs one sparse forward on the
+    edit's frames plus `margin` each side (batch=2: a classifier-free-guidance step), interleaved."""
+    inputs = dit_inputs(pipe, frames, batch, generator=torch.Generator().manual_seed(seed))
+    inputs.pop("return_dict")
+    transformer = pipe.transformer
     cache = KVCacheAttention.install(transformer)
     try:
         calls = {"dense": lambda: dit_forward(transformer, cache, **inputs)}
@@ -139,33 +125,45 @@ def dit_step_speed(transformer, frames: int, fractions: list[float], *, margin: 
 
 
 @torch.no_grad()
-def end_to_end(pipe, *, seconds: float, steps: int, fraction: float, refresh_every: int, margin: int = 8,
-               prompt: str = "a chorale in D major for brass at 90 BPM", seed: int = 0) -> dict:
+def end_to_end(pipe, *, seconds: float, steps: int, fraction: float, edits: dict[str, dict], margin: int = 8,
+               record_dtype: torch.dtype | None = None, prompt: str = "a chorale in D major for brass at 90 BPM",
+               seed: int = 0) -> list[dict]:
     """Wall time of generating a track (dense steps + full decode) and of editing `fraction` of it
-    (sparse steps, a dense one every `refresh_every`, + sparse re-decode), one after the other."""
-    session = EditSession(pipe, steps=steps, keep_kv=refresh_every == 0)
+    in each way of `edits` (name -> `EditSession.edit` keywords such as refresh_every and
+    kv_correction; sparse steps + sparse re-decode), one after the other, undoing in between.
+    The generation keeps its per-step K/V record (in `record_dtype`) when an edit reads it; its
+    bytes are reported, and the time to keep it counts as part of regenerating."""
+    keep_kv = any(kw.get("refresh_every", 0) == 0 or kw.get("kv_correction", False) for kw in edits.values())
+    session = EditSession(pipe, steps=steps, keep_kv=keep_kv, record_dtype=record_dtype)
     start = time.perf_counter()
     session.generate(prompt, seconds=seconds, seed=seed)
     regenerate_s = time.perf_counter() - start
     gen_report = dict(session.last_edit)
+    record = session.takes[0].kv
+    record_bytes = sum(t.numel() * t.element_size() for step in record for part in step for t in part) if record else 0
+    # medians: the first step of each kind also pays for setting up its shapes
+    dense_step = float(np.median(gen_report["dense_step_s"]))
     frames = pipe.transformer.config.sample_size
     a, b = edit_region(frames, fraction)
     fs = session.frame_seconds
-    start = time.perf_counter()
-    session.edit(a * fs, min(b * fs, seconds), refresh_every=refresh_every, margin=margin, seed=seed + 1)
-    edit_s = time.perf_counter() - start
-    rep = session.last_edit
-    # medians: the first step of each kind also pays for setting up its shapes
-    dense_step = float(np.median(gen_report["dense_step_s"]))
-    sparse_step = float(np.median(rep["sparse_step_s"])) if rep["sparse_step_s"] else float("nan")
-    return {
-        "measure": "end_to_end", "seconds": seconds, "steps": steps, "fraction": fraction,
-        "refresh_every": refresh_every, "regenerate_s": regenerate_s, "edit_s": edit_s,
-        "speedup": regenerate_s / edit_s, "dense_step_s": dense_step, "sparse_step_s": sparse_step,
-        "edit_dense_steps": rep["dense_steps"], "edit_sparse_steps": rep["sparse_steps"],
-        "edit_decode_s": rep["decode_s"],
-        "regenerate_other_s": regenerate_s - sum(gen_report["dense_step_s"]),
-    }
+    rows = []
+    for name, kw in edits.items():
+        start = time.perf_counter()
+        session.edit(a * fs, min(b * fs, seconds), margin=margin, seed=seed + 1, **kw)
+        edit_s = time.perf_counter() - start
+        rep = session.last_edit
+        session.undo()
+        rows.append({
+            "measure": "end_to_end", "edit": name, "seconds": seconds, "steps": steps, "fraction": fraction,
+            "refresh_every": kw.get("refresh_every", 0), "kv_correction": kw.get("kv_correction", False),
+            "record_bytes": record_bytes, "record_dtype": str(record_dtype or pipe.transformer.dtype),
+            "regenerate_s": regenerate_s, "edit_s": edit_s, "speedup": regenerate_s / edit_s,
+            "dense_step_s": dense_step,
+            "sparse_step_s": float(np.median(rep["sparse_step_s"])) if rep["sparse_step_s"] else float("nan"),
+            "edit_dense_steps": rep["dense_steps"], "edit_sparse_steps": rep["sparse_steps"],
+            "edit_decode_s": rep["decode_s"], "regenerate_other_s": regenerate_s - sum(gen_report["dense_step_s"]),
+        })
+    return rows
 
 
 def project_speedup(rec: dict, steps: int, refresh_every: int | None = None) -> float:
@@ -182,18 +180,21 @@ def project_speedup(rec: dict, steps: int, refresh_every: int | None = None) -> 
 
 @torch.no_grad()
 def edit_fidelity(pipe, prompts: list[str], edit_prompts: list[str], *, fractions: list[float], steps: int,
-                  seconds: float, refresh: list[int], margins: list[int], margin: int = 8, seed: int = 0,
-                  keep_audio: int = 0) -> tuple[list[dict], dict]:
+                  seconds: float, refresh: list[int], margins: list[int], corrected: list[int] = (), margin: int = 8,
+                  record_dtype: torch.dtype | None = None, seed: int = 0, keep_audio: int = 0
+                  ) -> tuple[list[dict], dict]:
     """Per prompt and edit fraction, on a trained pipeline: the dense edit (the reference), the same
     edit with another seed (how far edits that differ only by chance lie apart), sparse edits per
-    K/V refresh interval (at `margin`) and per margin (refresh 0), and a naive splice of an
-    independent generation. Rows carry region distances to the dense edit, seam jumps and the
-    check that samples outside the decoder's reach are unchanged. Returns (rows, kept audio)."""
+    K/V refresh interval (at `margin`), per refresh interval with the K/V correction
+    (`corrected`), per margin (refresh 0), and a naive splice of an independent generation. Rows
+    carry region distances to the dense edit, seam jumps, the check that samples outside the
+    decoder's reach equal the track before the edit, and that undo gives it back bit for bit.
+    record_dtype: the dtype of the generation's K/V record. Returns (rows, kept audio)."""
     sr = int(pipe.vae.config.sampling_rate)
     rng = np.random.default_rng(seed)
     rows, kept = [], {}
     for i, (prompt, new) in enumerate(zip(prompts, edit_prompts)):
-        session = EditSession(pipe, steps=steps)
+        session = EditSession(pipe, steps=steps, record_dtype=record_dtype)
         original = session.generate(prompt, seconds=seconds, seed=seed + i)[0].mean(0)
         other = EditSession(pipe, steps=steps).generate(new, seconds=seconds, seed=seed + 10_000 + i)[0].mean(0)
         for f in fractions:
@@ -205,6 +206,9 @@ def edit_fidelity(pipe, prompts: list[str], edit_prompts: list[str], *, fraction
             variants = {"dense": dict(mode="dense"), "dense, other seed": dict(mode="dense", seed_offset=1)}
             for k in refresh:
                 variants[f"sparse k={k}"] = dict(mode="sparse", refresh_every=k, margin=margin)
+            for k in corrected:
+                variants[f"sparse k={k} corrected"] = dict(mode="sparse", refresh_every=k, margin=margin,
+                                                           kv_correction=True)
             for m in margins:
                 variants.setdefault(f"sparse k=0 m={m}", dict(mode="sparse", refresh_every=0, margin=m))
             audio = {}
@@ -223,7 +227,8 @@ def edit_fidelity(pipe, prompts: list[str], edit_prompts: list[str], *, fraction
                     "reach_s": (r_hi - r_lo) / sr - (end - start),
                     "seam_jump": float(np.mean(seam_jump(out, sr, [start, end]))),
                 })
-                session.undo()
+                undone = session.undo()[0].mean(0)
+                rows[-1]["undo_exact"] = bool(np.array_equal(undone, original))
             naive = original.copy()
             naive[lo:hi] = other[lo:hi]
             rows.append({"prompt": i, "fraction": f, "variant": "naive splice", "start_s": start, "end_s": end,

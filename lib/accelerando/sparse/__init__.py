@@ -5,14 +5,15 @@
 - `dit`: sparse DiT steps: the edited tokens only, attending to cached keys/values of the rest.
 - `session`: `EditSession(pipe)`: generate, edit a region (RePaint-style inpainting on the
   cached trajectory, dense or sparse), undo.
-- `prefix`: `PrefixTree(model, text_ids)`: token-model edits that keep the cached prefix, with
-  alternative continuations sharing it.
+- `prefix`: `PrefixTree(model, text_ids)` (transformers MusicGen) or
+  `PrefixTree.for_musicgen_lite(model, text_states, text_mask)`: token-model edits that keep the
+  cached prefix, with alternative continuations sharing it.
 """
 
 from .decoder import CachedDecoder, decode_window, decoder_segments, measured_reach, receptive_field
 from .dit import KVCacheAttention, dit_forward
-from .prefix import Branch, PrefixTree
+from .prefix import Branch, MusicgenAdapter, MusicGenLiteAdapter, PrefixTree
 from .session import EditSession
 
-__all__ = ["Branch", "PrefixTree", "CachedDecoder", "EditSession", "KVCacheAttention", "decode_window", "decoder_segments", "dit_forward",
+__all__ = ["Branch", "MusicGenLiteAdapter", "MusicgenAdapter", "PrefixTree", "CachedDecoder", "EditSession", "KVCacheAttention", "decode_window", "decoder_segments", "dit_forward",
            "measured_reach", "receptive_field"]

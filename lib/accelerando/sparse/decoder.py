@@ -209,10 +209,13 @@ class CachedDecoder:
         dec = CachedDecoder(pipe.vae)
         audio = dec.decode(z)                 # full decode, fills the cache
         audio = dec.update(z_edited)          # same result as dec.decode(z_edited), sparse
+        audio = dec.undo()                    # the audio before the update, bit for bit
 
     `update` compares z_edited with the cached latents (the difference mask) and propagates the
     changed frame ranges block by block. `last_update` reports the ranges and the fraction of
-    each block's output that was recomputed.
+    each block's output that was recomputed. Each update keeps the tiles it overwrote (SIGE's
+    scatter-back), so `undo` restores the maps exactly rather than re-decoding them, which would
+    differ from the maps' earlier values by float rounding.
     """
 
     def __init__(self, vae):
@@ -221,6 +224,7 @@ class CachedDecoder:
         self.maps: list[torch.Tensor] | None = None  # [z, after conv1, after each block, audio]
         self.last_update: dict = {}  # changed ranges, recomputed fraction and seconds per segment
         self.last_decode: dict = {}  # seconds per segment of the last full decode
+        self._undo: list[list[tuple[int, Range, torch.Tensor]]] = []  # per update: (map, range, old tile)
 
     @property
     def latents(self) -> torch.Tensor:
@@ -229,7 +233,9 @@ class CachedDecoder:
         return self.maps[0]
 
     def cache_bytes(self) -> int:
-        return sum(m.numel() * m.element_size() for m in self.maps or [])
+        """Bytes of the block-boundary maps plus the tiles kept for undo."""
+        maps = sum(m.numel() * m.element_size() for m in self.maps or [])
+        return maps + sum(t.numel() * t.element_size() for step in self._undo for _, _, t in step)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -241,6 +247,7 @@ class CachedDecoder:
             maps.append(seg.fn(maps[-1]))
             seconds[seg.name] = time.perf_counter() - start
         self.maps = maps
+        self._undo = []
         self.last_decode = {"seconds": seconds}
         return maps[-1].clone()
 
@@ -258,26 +265,40 @@ class CachedDecoder:
         return runs
 
     @torch.no_grad()
-    def update(self, z: torch.Tensor) -> torch.Tensor:
+    def update(self, z: torch.Tensor, keep_undo: bool = True) -> torch.Tensor:
         """Audio of the edited latents z (same shape as the cached ones), recomputing only the
-        samples the changed frames reach. Equals `decode(z)` to float rounding."""
+        samples the changed frames reach. Equals `decode(z)` to float rounding. keep_undo: keep
+        the overwritten tiles for `undo` (memory: the recomputed fraction of the maps)."""
         check_latents(self.vae, z)
         if z.shape != self.latents.shape or z.dtype != self.latents.dtype:
             raise ValueError(f"latents {tuple(z.shape)} {z.dtype} do not match the cached decode "
                              f"{tuple(self.latents.shape)} {self.latents.dtype}: call decode(z) for a new track")
         ranges = self.changed_frames(self.maps[0], z)
+        kept = [(0, (a, b), self.maps[0][..., a:b].clone()) for a, b in ranges] if keep_undo else []
         self.maps[0] = z.clone()
         report = {"frames": ranges, "fraction": {}, "seconds": {}}
-        for seg, (x, y) in zip(self.segments, zip(self.maps[:-1], self.maps[1:])):
+        for i, (seg, (x, y)) in enumerate(zip(self.segments, zip(self.maps[:-1], self.maps[1:])), start=1):
             start = time.perf_counter()
             n = x.shape[-1]
             ranges = _merge([seg.changed(r, n) for r in ranges])
             for r in ranges:
+                if keep_undo:
+                    kept.append((i, r, y[..., r[0]:r[1]].clone()))
                 y[..., r[0]:r[1]] = seg.compute(x, r)
             report["fraction"][seg.name] = sum(b - a for a, b in ranges) / y.shape[-1]
             report["seconds"][seg.name] = time.perf_counter() - start
         report["samples"] = ranges
         self.last_update = report
+        if keep_undo:
+            self._undo.append(kept)
+        return self.maps[-1].clone()
+
+    def undo(self) -> torch.Tensor:
+        """Restore the maps (and audio) from before the last `update(keep_undo=True)`, exactly."""
+        if not self._undo:
+            raise RuntimeError("nothing to undo: no update kept its overwritten tiles since the last decode")
+        for i, (a, b), tile in reversed(self._undo.pop()):
+            self.maps[i][..., a:b] = tile
         return self.maps[-1].clone()
 
 

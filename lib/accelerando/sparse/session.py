@@ -18,11 +18,19 @@ step (`mode`):
     dense    the stock transformer over every frame (the reference)
     sparse   only the region's frames plus `margin` frames each side, attending to cached keys and
              values of the rest (`accelerando.sparse.dit`): from the generation's record of the
-             same step (refresh_every=0), or from a dense pass every `refresh_every` steps
+             same step (refresh_every=0), or from a dense pass every `refresh_every` steps, or
+             (kv_correction=True) from the record corrected by the last dense pass:
+             record(i) + dense(j) - record(j)
 
 and the waveform is re-decoded only where the changed latents reach (`CachedDecoder.update`), so
 the audio outside the decoder's reach is bit-identical to before. `last_edit` reports where the
 time went. Units: seconds for regions, latent frames for `margin`.
+
+Why the correction: outside the region a token's input at step i is the original trajectory's,
+so its keys/values differ from the record's only through what it attends to, the edit. A dense
+pass at step j measures that difference; carrying it to later steps keeps both the noise level
+of step i (from the record) and the sight of the edit (from step j), where a plain refresh keeps
+step j's noise level for every step until the next one.
 """
 
 from __future__ import annotations
@@ -59,15 +67,20 @@ class Take:
 class EditSession:
     """Generate a track, then edit regions of it, recomputing only what each edit touches."""
 
-    def __init__(self, pipe, steps: int = 50, guidance_scale: float = 6.0, keep_kv: bool = True):
+    def __init__(self, pipe, steps: int = 50, guidance_scale: float = 6.0, keep_kv: bool = True,
+                 record_dtype: torch.dtype | None = None):
         """steps / guidance_scale: for the generation and every edit (an edit reuses the
         trajectory step by step). keep_kv: record every step's self-attention keys/values at
-        generation (what sparse edits with refresh_every=0 attend to; ~3.5 MB per step for the
-        Lite model, ~300 MB per step for the full-size one at 47 s, where refresh_every >= 1 is
-        the memory-light choice)."""
+        generation (what sparse edits with refresh_every=0 or kv_correction attend to; ~3.5 MB per
+        step for the Lite model, ~600 MB per step for the full-size one at 47 s in fp32, where
+        refresh_every >= 1 without correction is the memory-light choice). record_dtype: store the
+        record in this dtype (torch.bfloat16 halves it); it is cast back when read."""
         if int(steps) < 1:
             raise ValueError(f"steps={steps}: use at least 1 denoising step")
+        if record_dtype is not None and not (isinstance(record_dtype, torch.dtype) and record_dtype.is_floating_point):
+            raise ValueError(f"record_dtype={record_dtype!r}: use a floating torch dtype such as torch.bfloat16, or None")
         self.pipe, self.steps, self.guidance_scale, self.keep_kv = pipe, int(steps), float(guidance_scale), keep_kv
+        self.record_dtype = record_dtype
         self.decoder = CachedDecoder(pipe.vae)
         self.takes: list[Take] = []
         self.seconds: float | None = None
@@ -110,7 +123,8 @@ class EditSession:
 
     @torch.no_grad()
     def edit(self, start_s: float, end_s: float, prompt: str | list[str] | None = None, strength: float = 1.0,
-             seed: int | None = None, mode: str = "sparse", margin: int = 8, refresh_every: int = 0) -> np.ndarray:
+             seed: int | None = None, mode: str = "sparse", margin: int = 8, refresh_every: int = 0,
+             kv_correction: bool = False) -> np.ndarray:
         """Regenerate [start_s, end_s) seconds, holding the rest; returns the new track's audio.
 
         prompt: the region's new prompt (default: the track's). strength in (0, 1]: 1 regenerates
@@ -118,7 +132,9 @@ class EditSession:
         seed: the edit's noise (default: the track's seed + number of takes). mode: "sparse" or
         "dense" (see module doc); margin: frames computed fresh on each side of the region in
         sparse mode; refresh_every: 0 attends to the generation's recorded keys/values, k >= 1
-        runs every k-th step densely and reuses its keys/values in between.
+        runs every k-th step densely and reuses its keys/values in between; kv_correction (with
+        k >= 1 and a record): in between, the record of the step plus the last dense pass's
+        difference from the record of its step.
         """
         take = self._current()
         if mode not in MODES:
@@ -127,9 +143,11 @@ class EditSession:
             raise ValueError(f"strength={strength}: use 0 < strength <= 1 (1 regenerates the region from noise)")
         if int(margin) < 0 or int(refresh_every) < 0:
             raise ValueError(f"margin={margin}, refresh_every={refresh_every}: both must be >= 0")
-        if mode == "sparse" and refresh_every == 0 and take.kv is None:
-            raise ValueError("refresh_every=0 attends to the generation's recorded keys/values, and this session "
-                             "did not record them: use EditSession(pipe, keep_kv=True) or refresh_every >= 1")
+        if mode == "sparse" and (refresh_every == 0 or kv_correction) and take.kv is None:
+            raise ValueError("refresh_every=0 and kv_correction read the generation's recorded keys/values, and this "
+                             "session did not record them: use EditSession(pipe, keep_kv=True) or refresh_every >= 1")
+        if kv_correction and refresh_every == 0:
+            raise ValueError("kv_correction carries a dense pass's difference to later steps: give refresh_every >= 1")
         if self._pipeline_fingerprint() != self._fingerprint:
             raise RuntimeError("the pipeline's models or configs changed since this track was generated; its cached "
                                "trajectory no longer belongs to them: call generate() again")
@@ -147,7 +165,7 @@ class EditSession:
         t0 = time.perf_counter()
         trajectory, kv = self._denoise(x, self._conditioning(prompts), generator, begin=begin, region=region,
                                        mode=mode, margin=int(margin), refresh_every=int(refresh_every),
-                                       record_kv=take.kv is not None, base=take)
+                                       record_kv=take.kv is not None, base=take, correct=bool(kv_correction))
         t1 = time.perf_counter()
         audio = self.decoder.update(trajectory[-1])
         t2 = time.perf_counter()
@@ -159,11 +177,12 @@ class EditSession:
         return self._crop(audio)
 
     def undo(self) -> np.ndarray:
-        """Back to the take before the last edit (its audio re-decoded sparsely, exactly)."""
+        """Back to the take before the last edit: its audio bit for bit (the decoder restores the
+        tiles the edit overwrote)."""
         if len(self.takes) < 2:
             raise RuntimeError("nothing to undo: no edit since generate()")
         self.takes.pop()
-        return self._crop(self.decoder.update(self.takes[-1].trajectory[-1]))
+        return self._crop(self.decoder.undo())
 
     @property
     def latents(self) -> torch.Tensor:
@@ -188,7 +207,8 @@ class EditSession:
 
     # -- the denoising loop ---------------------------------------------------------------------
 
-    def _denoise(self, x, cond, generator, *, begin, region, mode, margin, refresh_every, record_kv, base=None):
+    def _denoise(self, x, cond, generator, *, begin, region, mode, margin, refresh_every, record_kv, base=None,
+                 correct=False):
         """Steps begin..steps-1 from latents x; returns (trajectory from step `begin`, K/V record)."""
         pipe, tr = self.pipe, self.pipe.transformer
         sched = pipe.scheduler
@@ -201,7 +221,9 @@ class EditSession:
         if region is not None:
             active = torch.arange(max(region[0] - margin, 0), min(region[1] + margin, frames))
         cache = KVCacheAttention.install(tr)
-        trajectory, record = [x.clone()], ([None] * begin if record_kv else None)
+        # steps before `begin` are the base take's, and so are their keys/values
+        trajectory, record = [x.clone()], (list(base.kv[:begin]) if base is not None else [None] * begin) if record_kv else None
+        delta = None  # per layer: last dense pass's keys/values minus the record's at its step
         times = {"dense_steps": 0, "sparse_steps": 0, "dense_s": 0.0, "sparse_s": 0.0, "dense_step_s": [],
                  "sparse_step_s": []}
         try:
@@ -213,9 +235,15 @@ class EditSession:
                 start = time.perf_counter()
                 if dense:
                     out = dit_forward(tr, cache, inp, t.unsqueeze(0), cond["enc"], cond["glob"], rotary)
+                    if correct and mode == "sparse":
+                        keys, values = self._recorded(base, i)
+                        delta = ([k - r for k, r in zip(cache.keys, keys)], [v - r for v, r in zip(cache.values, values)])
                 else:
                     if refresh_every == 0:
-                        cache.load(base.kv[i])
+                        cache.load(self._recorded(base, i))
+                    elif correct:
+                        keys, values = self._recorded(base, i)
+                        cache.load(([r + d for r, d in zip(keys, delta[0])], [r + d for r, d in zip(values, delta[1])]))
                     out = torch.zeros_like(inp)
                     out[..., active] = dit_forward(tr, cache, inp, t.unsqueeze(0), cond["enc"], cond["glob"],
                                                    rotary, frames=active)
@@ -224,7 +252,7 @@ class EditSession:
                 times[f"{kind}_s"] += time.perf_counter() - start
                 times[f"{kind}_step_s"].append(time.perf_counter() - start)
                 if record is not None:
-                    record.append(cache.snapshot())
+                    record.append(self._to_record(cache.snapshot()))
                 if self._cfg:
                     uncond, text = out.chunk(2)
                     out = uncond + self.guidance_scale * (text - uncond)
@@ -241,6 +269,19 @@ class EditSession:
         return trajectory, record
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _to_record(self, snapshot):
+        if self.record_dtype is None:
+            return snapshot
+        return tuple([t.to(self.record_dtype) for t in part] for part in snapshot)
+
+    def _recorded(self, take: Take, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The take's recorded keys/values of `step`, in the transformer's dtype."""
+        if take.kv is None or step >= len(take.kv) or take.kv[step] is None:
+            raise RuntimeError(f"no recorded keys/values for step {step}: generate with keep_kv=True")
+        dtype = self.pipe.transformer.dtype
+        keys, values = take.kv[step]
+        return [k.to(dtype) for k in keys], [v.to(dtype) for v in values]
 
     @property
     def _cfg(self) -> bool:
