@@ -11,7 +11,7 @@ from accelerando.models.musicgen_lite import (
     TINY_CONFIG,
     MusicGenLite,
     MusicGenLiteConfig,
-    delayed_inputs_and_labels,
+    inputs_and_labels,
     generate,
     null_condition,
 )
@@ -71,7 +71,7 @@ def test_stored_prefix_gives_the_logits_of_recomputation(lite):
     codes = tree.codes(again)
     assert codes.shape == (2, 2, 14)
     assert torch.equal(codes[..., :6], tree.codes(root)[..., :6]) and torch.equal(codes[..., 6:10], edit.tokens[..., :4])
-    inputs, _ = delayed_inputs_and_labels(codes, special=SPECIAL)  # [B, K, 14 + K - 1] steps
+    inputs, _ = inputs_and_labels(codes, special=SPECIAL)  # [B, K, 14 + K - 1] steps
     rows = guided_rows(states, mask, prompt)
     with torch.no_grad():
         full = model(torch.cat([inputs, inputs]), *rows)  # [2B, K, steps, V], no cache

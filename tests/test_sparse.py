@@ -76,6 +76,24 @@ def test_unedited_samples_outside_the_reach_are_bit_identical(vae):
     assert not torch.equal(before[..., lo:hi], after[..., lo:hi])
 
 
+def test_decoder_speed_times_without_undo_tiles_and_counts_them_per_kept_edit(vae):
+    from accelerando.bench.sparse import decoder_speed
+
+    rows = decoder_speed(vae, 64, [0.1, 0.25], rounds=1, warmup=0)
+    maps = sum(m.numel() * m.element_size() for m in _cached_maps(vae, 64))
+    for r in rows:
+        assert r["outside_reach_unchanged"] and r["cached_max_error_rel"] < 1e-5
+        assert r["cache_bytes"] == maps  # the timed edits kept no undo tiles
+        assert 0 < r["undo_bytes"] < maps  # a kept edit holds only the tiles it overwrote
+    assert rows[0]["undo_bytes"] < rows[1]["undo_bytes"]
+
+
+def _cached_maps(vae, frames: int) -> list[torch.Tensor]:
+    dec = CachedDecoder(vae)
+    dec.decode(torch.randn(1, vae.config.decoder_input_channels, frames))
+    return dec.maps
+
+
 def test_receptive_field_from_the_index_algebra_matches_a_measured_impulse(vae):
     """Perturb one latent frame: the samples that change lie inside the derived reach, and reach
     (within one hop) its ends: the algebra is neither wrong nor loose."""

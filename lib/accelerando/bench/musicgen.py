@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.musicgen_lite import MusicGenLite, delayed_inputs_and_labels, null_condition
+from ..models.musicgen_lite import MusicGenLite, inputs_and_labels, label_codebooks, null_condition
 
 
 @torch.no_grad()
@@ -32,19 +32,23 @@ def token_nll(model: MusicGenLite, target: torch.Tensor, states: torch.Tensor, m
     audio prompt; their own tokens are not scored. `prompt_codes` [N, K, P] (model B): the audio
     prompt in its cross-attention memory. Returns [N, K]."""
     model.eval()
-    special = model.config.codebook_size
+    cfg = model.config
     out = []
     for i in range(0, target.shape[0], batch):
         sl = slice(i, i + batch)
         codes = target[sl] if context is None else torch.cat([context[sl], target[sl]], -1)
-        inputs, labels = delayed_inputs_and_labels(codes, special)
+        inputs, labels = inputs_and_labels(codes, cfg.codebook_size, cfg.pattern)
         c = 0 if context is None else context.shape[-1]
-        for k in range(labels.shape[1]):  # token (k, frame t) sits at step t + k; score frames >= c only
-            labels[:, k, : c + k] = -100
+        if cfg.pattern == "delay":
+            for k in range(labels.shape[1]):  # token (k, frame t) sits at step t + k; score frames >= c only
+                labels[:, k, : c + k] = -100
+        else:
+            labels[:, 0, : c * cfg.codebooks] = -100
         logits = model(inputs, states[sl].float(), mask[sl], None if prompt_codes is None else prompt_codes[sl])
         ce = nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), labels, ignore_index=-100, reduction="none")
-        counted = (labels != -100).sum(-1).clamp(min=1)
-        out.append(ce.sum(-1) / counted)  # [b, K]
+        book, scored = label_codebooks(labels, cfg.codebooks), labels != -100
+        out.append(torch.stack([ce[:, book == k].sum(-1) / scored[:, book == k].sum(-1).clamp(min=1)
+                                for k in range(cfg.codebooks)], 1))  # [b, K]
     return torch.cat(out)
 
 

@@ -35,10 +35,11 @@ def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, 
     """Per edit fraction: full `vae.decode` vs `CachedDecoder.update` vs `decode_window`, interleaved.
 
     Each cached call edits its region of the current track with fresh latents (so it always has
-    work to do); the windowed call decodes the samples such an edit changes. After the timing, one
-    more edit per fraction checks that the samples outside its reach did not move, and a full
-    decode of the final latents gives the error of the cached maps and of each window, relative
-    to the track's peak.
+    work to do); the windowed call decodes the samples such an edit changes. The timed edits keep
+    no undo tiles (the bytes of the cache are the maps alone). After the timing, one more edit per
+    fraction, kept for undo (its `undo_bytes`), checks that the samples outside its reach did not
+    move, and a full decode of the final latents gives the error of the cached maps and of each
+    window, relative to the track's peak.
     """
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(1, vae.config.decoder_input_channels, frames, generator=gen)
@@ -49,10 +50,10 @@ def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, 
     for f in fractions:
         a, b = edit_region(frames, f)
 
-        def edit(a=a, b=b):
+        def edit(a=a, b=b, keep_undo=False):
             target = dec.latents.clone()
             target[..., a:b] = torch.randn(target[..., a:b].shape, generator=gen)
-            return dec.update(target)
+            return dec.update(target, keep_undo=keep_undo)
 
         edit()
         reach[f] = dec.last_update["samples"][0]
@@ -62,9 +63,12 @@ def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, 
     # exactness: one more edit per fraction on top of each other, then one full decode of the
     # final latents checks them all (a full decode per fraction would cost more than the timing)
     before = dec.maps[-1].clone()
-    unchanged = []
+    map_bytes = dec.cache_bytes()
+    unchanged, undo_bytes = [], []
     for f in fractions:
-        calls[f"cached {f:g}"]()
+        held = dec.cache_bytes()
+        calls[f"cached {f:g}"](keep_undo=True)
+        undo_bytes.append(dec.cache_bytes() - held)
         reach[f] = lo, hi = dec.last_update["samples"][0]
         after = dec.maps[-1]
         unchanged.append(bool(torch.equal(after[..., :lo], before[..., :lo]) and torch.equal(after[..., hi:], before[..., hi:])))
@@ -73,7 +77,7 @@ def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, 
     peak = float(full.abs().max())
     cached_error = float((dec.maps[-1] - full).abs().max()) / peak
     records = []
-    for f, same in zip(fractions, unchanged):
+    for f, same, kept in zip(fractions, unchanged, undo_bytes):
         a, b = edit_region(frames, f)
         lo, hi = reach[f]
         window = decode_window(vae, dec.latents, lo, hi)
@@ -89,7 +93,9 @@ def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, 
             "cached_max_error_rel": cached_error,  # after all the edits, against one full decode
             "window_max_error_rel": float((window - full[..., lo:hi]).abs().max()) / peak,
             "outside_reach_unchanged": same,
-            "cache_bytes": dec.cache_bytes(), "rounds": rounds,
+            "cache_bytes": map_bytes,  # the block-boundary maps
+            "undo_bytes": kept,  # what keeping this edit's overwritten tiles for an exact undo adds
+            "rounds": rounds,
         })
     return records
 

@@ -6,11 +6,9 @@
     pipe = build_stable_audio(weights="/data/stable-audio-open-1.0")   # a local copy
 
     model = build_musicgen("small")                          # facebook/musicgen-small, random
-    codec = EncodecTokenizer.from_config()                   # its EnCodec 32 kHz as a tokenizer, random
 """
 
 from .common import parameter_table
-from .encodec_codec import EncodecTokenizer
 from .musicgen import PRESETS as MUSICGEN_PRESETS
 from .musicgen import build_musicgen, musicgen_components, musicgen_tokenizer
 from .stable_audio import PRESETS as STABLE_AUDIO_PRESETS
@@ -21,7 +19,6 @@ PRESETS = {"stable_audio": STABLE_AUDIO_PRESETS, "musicgen": MUSICGEN_PRESETS}
 
 __all__ = [
     "PRESETS",
-    "EncodecTokenizer",
     "build_musicgen",
     "build_stable_audio",
     "musicgen_components",

@@ -15,7 +15,8 @@ through the same `StableAudioPipeline` call (`stable_audio_lite.generate`).
 
 `musicgen-lite-a` / `-b` load the committed MusicGen-Lite token models and Codec-Lite. Model B
 attends to the audio prompt (its last 4 s); model A continues it. --rerank N keeps the best of N
-candidates by CLAP-Lite score.
+candidates by CLAP-Lite score. `--model musicgen-lite-a --weights checkpoints/musicgen_lite_a_flatten`
+runs model A trained with the flattened codebook pattern.
 """
 
 from __future__ import annotations

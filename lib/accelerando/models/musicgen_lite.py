@@ -2,9 +2,16 @@
 decoder layers (transformers `MusicgenDecoderLayer`), trained here on the corpus.
 
 Audio is K parallel code streams [batch, K, frames] (`codec_lite`, 21.5 frames/s; or any other
-`TokenCodec`, such as EnCodec through `encodec_codec`). In MusicGen's delay pattern
-(`patterns.delay_pattern`) codebook k runs k steps late, so one decoder step emits one token per
-codebook: the step's input is the sum of K code embeddings, its outputs K heads.
+`TokenCodec`, such as EnCodec through `encodec_codec`), laid out by one of two codebook patterns
+(`MusicGenLiteConfig.pattern`):
+
+    "delay" (MusicGen's, the default): codebook k runs k steps late, so one decoder step emits one
+      token per codebook: the step's input is the sum of K code embeddings, its outputs K heads.
+      T frames take T + K - 1 steps; the model's streams are [B, K, steps].
+    "flatten" (the seed's interleaved pattern): the K codes of a frame one after another, one token
+      per step, so every code sees all codes before it (exact autoregression) at K times the steps.
+      Step s's input is the token of codebook (s - 1) mod K, its output comes from head s mod K;
+      the model's stream is [B, 1, T x K].
 
     Model A (variant "a", the seed's baseline): a prefix LM. The frozen MiniLM token states of the
       prompt, projected to the model width, are prepended to the audio steps; one causal
@@ -37,7 +44,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.musicgen.modeling_musicgen import MusicgenDecoderLayer, MusicgenSinusoidalPositionalEmbedding
 
 from .codec_lite import TokenCodec
-from .patterns import delay_pattern, undelay_pattern
+from .patterns import PATTERNS, delay_pattern, flatten_pattern, sequence_steps, undelay_pattern, unflatten_pattern
 
 VARIANTS = ("a", "b")
 
@@ -55,10 +62,13 @@ class MusicGenLiteConfig:
     max_prompt_frames: int = 96  # audio prompt positions (model B), 4.5 s at 21.5 frames/s
     max_frames: int = 215  # the longest sequence trained on (10 s); longer generation is refused
     dropout: float = 0.1
+    pattern: str = "delay"  # codebook pattern: "delay" (K tokens per step) or "flatten" (one token per step)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r}: use 'a' (text prefix) or 'b' (text + audio prompt)")
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"pattern={self.pattern!r}: use one of {PATTERNS}")
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of heads {self.heads}")
 
@@ -78,6 +88,11 @@ class MusicGenLiteConfig:
             dropout=self.dropout, attention_dropout=0.0, pad_token_id=None, bos_token_id=None, activation_dropout=0.0, activation_function="gelu")
         cfg._attn_implementation = "sdpa"
         return cfg
+
+    @property
+    def streams(self) -> int:
+        """Rows of the model's token layout: K in the delay pattern, 1 flattened."""
+        return self.codebooks if self.pattern == "delay" else 1
 
 
 TINY_CONFIG = dict(codebooks=2, codebook_size=16, hidden_size=32, layers=2, heads=2, ffn_size=64, text_dim=8,
@@ -145,11 +160,12 @@ class MusicGenLite(nn.Module):
         text_states [B, L, text_dim], text_mask [B, L] (1 = token); prompt_codes [B, K, P] (model B).
         With a `cache` (from `new_cache`), `inputs` are the steps after the `past_steps` already
         in it; model A's text prefix is fed with the first call (past_steps == 0) only."""
-        if inputs.ndim != 3 or inputs.shape[1] != self.config.codebooks:
-            raise ValueError(f"inputs of shape {tuple(inputs.shape)}: expected [batch, {self.config.codebooks}, steps]")
+        if inputs.ndim != 3 or inputs.shape[1] != self.config.streams:
+            raise ValueError(f"inputs of shape {tuple(inputs.shape)}: expected [batch, {self.config.streams}, steps] "
+                             f"({self.config.pattern} pattern)")
         if prompt_codes is not None and self.config.variant == "a":
             raise ValueError("model A takes no audio prompt: continue from it instead (generate(..., continuation=codes))")
-        x = self.embed_codes(inputs)
+        x = self.embed_codes(inputs) if self.config.pattern == "delay" else self._embed_flat(inputs[:, 0], past_steps)
         b, s = x.shape[:2]
         # audio steps take positions 0.. whatever the prompt's length, so text padding changes nothing;
         # the text prefix adds none (MiniLM's states already carry word order)
@@ -178,7 +194,22 @@ class MusicGenLite(nn.Module):
             h = layer(h, self_mask, memory, encoder_attention_mask=cross_mask, past_key_values=cache,
                       use_cache=cache is not None)
         h = self.layer_norm(h[:, -s:])
-        return torch.stack([head(h) for head in self.lm_heads], dim=1)
+        if self.config.pattern == "delay":
+            return torch.stack([head(h) for head in self.lm_heads], dim=1)
+        book = torch.arange(past_steps, past_steps + s) % self.config.codebooks  # step s predicts codebook s mod K
+        logits = h.new_empty(b, s, self.config.codebook_size)
+        for k, head in enumerate(self.lm_heads):
+            logits[:, book == k] = head(h[:, book == k])
+        return logits[:, None]
+
+    def _embed_flat(self, tokens: torch.Tensor, past_steps: int) -> torch.Tensor:
+        """Flattened inputs [B, S] -> [B, S, hidden]: step s holds a token of codebook (s - 1) mod K
+        (step 0, the start token, counts as codebook K - 1's)."""
+        book = (torch.arange(past_steps, past_steps + tokens.shape[1]) - 1) % self.config.codebooks
+        x = tokens.new_zeros(tokens.shape + (self.config.hidden_size,), dtype=self.text_proj.weight.dtype)
+        for k, emb in enumerate(self.embed_tokens):
+            x[:, book == k] = emb(tokens[:, book == k])
+        return x
 
     def new_cache(self):
         """An empty KV cache for `forward(..., cache=)` (self-attention; plus cross-attention for B)."""
@@ -205,19 +236,31 @@ def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-def delayed_inputs_and_labels(codes: torch.Tensor, special: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes [B, K, T] -> (inputs [B, K, T + K - 1], labels [B, K, T + K - 1]): the delay pattern
-    shifted right by one special token, and the pattern itself with its empty corners -100."""
-    delayed = delay_pattern(codes, pad=special)
-    inputs = torch.cat([delayed.new_full(delayed.shape[:2] + (1,), special), delayed[..., :-1]], -1)
-    return inputs, delayed.masked_fill(delayed == special, -100)
+def inputs_and_labels(codes: torch.Tensor, special: int, pattern: str = "delay") -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes [B, K, T] -> (inputs, labels), each [B, K, T + K - 1] (delay) or [B, 1, T x K]
+    (flatten): the pattern shifted right by one special token, and the pattern itself with the
+    delay pattern's empty corners -100."""
+    laid = delay_pattern(codes, pad=special) if pattern == "delay" else flatten_pattern(codes)[:, None]
+    inputs = torch.cat([laid.new_full(laid.shape[:2] + (1,), special), laid[..., :-1]], -1)
+    return inputs, laid.masked_fill(laid == special, -100)
 
 
-def codebook_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy (nats per token) of each codebook [K], ignoring -100 labels."""
-    k = logits.shape[1]
-    return torch.stack([nn.functional.cross_entropy(logits[:, i].reshape(-1, logits.shape[-1]),
-                                                    labels[:, i].reshape(-1), ignore_index=-100) for i in range(k)])
+def label_codebooks(labels: torch.Tensor, codebooks: int) -> torch.Tensor:
+    """The codebook [R, S] of each position of a label layout [B, R, S]: the row in the delay
+    pattern (R = K), the step mod K flattened (R = 1)."""
+    r, s = labels.shape[1:]
+    if r == codebooks:
+        return torch.arange(r)[:, None].expand(r, s)
+    return (torch.arange(s) % codebooks)[None]
+
+
+def codebook_nll(logits: torch.Tensor, labels: torch.Tensor, codebooks: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy (nats per token) of each codebook [K], ignoring -100 labels.
+    logits [B, R, S, V], labels [B, R, S] in either pattern (`codebooks`: K, needed when R = 1)."""
+    k = codebooks or logits.shape[1]
+    ce = nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), labels, ignore_index=-100, reduction="none")
+    book, counted = label_codebooks(labels, k), labels != -100
+    return torch.stack([ce[:, book == i].sum() / counted[:, book == i].sum().clamp(min=1) for i in range(k)])
 
 
 def null_condition(text_states: torch.Tensor, text_mask: torch.Tensor, drop: torch.Tensor | None = None
@@ -282,7 +325,8 @@ def generate(model: MusicGenLite, text_states: torch.Tensor, text_mask: torch.Te
              guidance: float = 3.0, temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
              seed: int | None = 0, use_cache: bool = True, frame_rate: float = 21.533,
              ) -> tuple[torch.Tensor, GenerationStats]:
-    """Sample codes [B, K, frames] (delay pattern, one step per frame plus K - 1).
+    """Sample codes [B, K, frames]: in the delay pattern one step per frame plus K - 1, flattened
+    one step per code (frames x K).
 
     text_states [B, L, text_dim] / text_mask [B, L]: the prompts (MiniLM token states);
     prompt_codes [B, K, P]: model B's audio prompt; continuation [B, K, C] (C < frames): codes the
@@ -299,32 +343,19 @@ def generate(model: MusicGenLite, text_states: torch.Tensor, text_mask: torch.Te
     known = continuation.shape[-1] if continuation is not None else 0
     if known >= frames:
         raise ValueError(f"continuation of {known} frames leaves nothing to generate in {frames} frames")
-    steps = frames + k - 1
-    forced = torch.full((b, k, steps), -1, dtype=torch.long)  # -1: sample; else the token to emit
-    for i in range(k):  # the delay pattern's empty corners, then the continuation's known codes
-        forced[:, i, :i] = special
-        forced[:, i, i + frames:] = special
-        if known:
-            forced[:, i, i:i + known] = continuation[:, i]
+    forced = forced_tokens(b, k, frames, continuation, special, cfg.pattern)
+    steps = forced.shape[-1]
     guided = guidance != 1.0
-    states, mask = text_states, text_mask
-    prompt, pmask = prompt_codes, None
-    if guided:  # rows [cond; uncond]
-        null_states, null_mask = null_condition(text_states, text_mask)
-        states, mask = torch.cat([states, null_states]), torch.cat([mask, null_mask])
-        if prompt_codes is not None:
-            prompt = torch.cat([prompt_codes, prompt_codes])
-            pmask = torch.cat([torch.ones(b, prompt_codes.shape[-1], dtype=mask.dtype),
-                               torch.zeros(b, prompt_codes.shape[-1], dtype=mask.dtype)])
+    states, mask, prompt, pmask = condition_rows(text_states, text_mask, prompt_codes, guided)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     model.eval()
     out = forced.clone()
-    inputs = torch.full((b, k, steps + 1), special, dtype=torch.long)  # inputs[:, :, s] feeds step s
+    inputs = torch.full((b, forced.shape[1], steps + 1), special, dtype=torch.long)  # inputs[:, :, s] feeds step s
     cache = model.new_cache() if use_cache else None
     t0 = time.perf_counter()
     step = 0
-    # steps whose outputs are all forced need no sampling: with a cache they are prefilled in one call
-    prefill = known if use_cache else 0
+    # the leading steps whose outputs are all forced need no sampling: with a cache they are prefilled in one call
+    prefill = int((forced >= 0).flatten(0, 1).all(0).int().cumprod(0).sum()) if use_cache else 0
     inputs[:, :, 1:prefill + 1] = forced[:, :, :prefill]
     while step < steps:
         if not use_cache and (out[:, :, step] >= 0).all():  # nothing to sample (the cached loop prefills these)
@@ -340,16 +371,52 @@ def generate(model: MusicGenLite, text_states: torch.Tensor, text_mask: torch.Te
             logits = model(_rows(inputs[:, :, :step + 1], guided), states, mask, prompt, pmask)[:, :, -1]
         if guided:
             logits = cfg_logits(logits[:b], logits[b:], guidance)
-        token = sample_logits(logits, temperature, top_k, top_p, gen)  # [B, K]
+        token = sample_logits(logits, temperature, top_k, top_p, gen)  # [B, streams]
         free = out[:, :, step] < 0
         out[:, :, step] = torch.where(free, token, out[:, :, step])
         inputs[:, :, step + 1] = out[:, :, step]
         step += 1
     seconds = time.perf_counter() - t0
-    codes = undelay_pattern(out)
+    codes = undelay_pattern(out) if cfg.pattern == "delay" else unflatten_pattern(out[:, 0], k)
     new_frames = frames - known
     stats = GenerationStats(steps, frames, seconds, b * k * new_frames / seconds, b * new_frames / frame_rate / seconds)
     return codes, stats
+
+
+def condition_rows(text_states: torch.Tensor, text_mask: torch.Tensor, prompt_codes: torch.Tensor | None,
+                   guided: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The model's condition inputs (states, mask, prompt codes, prompt mask): as given, or under
+    guidance the rows [cond; uncond], where uncond is the null text and a masked-out audio prompt."""
+    if not guided:
+        return text_states, text_mask, prompt_codes, None
+    b = text_states.shape[0]
+    null_states, null_mask = null_condition(text_states, text_mask)
+    states, mask = torch.cat([text_states, null_states]), torch.cat([text_mask, null_mask])
+    if prompt_codes is None:
+        return states, mask, None, None
+    p = prompt_codes.shape[-1]
+    pmask = torch.cat([torch.ones(b, p, dtype=mask.dtype), torch.zeros(b, p, dtype=mask.dtype)])
+    return states, mask, torch.cat([prompt_codes, prompt_codes]), pmask
+
+
+def forced_tokens(batch: int, codebooks: int, frames: int, continuation: torch.Tensor | None, special: int,
+                  pattern: str = "delay") -> torch.Tensor:
+    """The generation layout [B, streams, steps] of what each step must emit: -1 where it samples,
+    else the token: the delay pattern's empty corners (special) and the continuation's known codes."""
+    known = continuation.shape[-1] if continuation is not None else 0
+    steps = sequence_steps(pattern, frames, codebooks)
+    if pattern == "flatten":
+        forced = torch.full((batch, 1, steps), -1, dtype=torch.long)
+        if known:
+            forced[:, 0, :known * codebooks] = flatten_pattern(continuation)
+        return forced
+    forced = torch.full((batch, codebooks, steps), -1, dtype=torch.long)
+    for i in range(codebooks):
+        forced[:, i, :i] = special
+        forced[:, i, i + frames:] = special
+        if known:
+            forced[:, i, i:i + known] = continuation[:, i]
+    return forced
 
 
 def _rows(x: torch.Tensor, guided: bool) -> torch.Tensor:

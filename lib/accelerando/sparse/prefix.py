@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from ..models.musicgen_lite import MusicGenLite, cfg_logits, null_condition, sample_logits
+from ..models.musicgen_lite import MusicGenLite, cfg_logits, condition_rows, forced_tokens, sample_logits
 from ..models.patterns import delay_pattern, undelay_pattern
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [rows, heads, positions, head_dim]
@@ -156,6 +156,9 @@ class MusicGenLiteAdapter:
     def __init__(self, model: MusicGenLite, text_states: torch.Tensor, text_mask: torch.Tensor,
                  prompt_codes: torch.Tensor | None = None, guidance: float = 3.0):
         cfg = model.config
+        if cfg.pattern != "delay":
+            raise ValueError(f"this model uses the {cfg.pattern} pattern; the prefix tree keeps the delay pattern's "
+                             "steps (a flattened model edits by generate(..., continuation=codes) instead)")
         if text_states.ndim != 3 or text_states.shape[-1] != cfg.text_dim:
             raise ValueError(f"text_states of shape {tuple(text_states.shape)}: expected [batch, tokens, {cfg.text_dim}]")
         if text_mask.shape != text_states.shape[:2]:
@@ -172,16 +175,9 @@ class MusicGenLiteAdapter:
         self.max_frames = cfg.max_frames
         self.guidance, self.guided = float(guidance), guidance != 1.0
         # the condition rows exactly as `generate` builds them: [cond; uncond] under guidance
-        states, mask, prompt, pmask = text_states, text_mask, prompt_codes, None
-        if self.guided:
-            null_states, null_mask = null_condition(text_states, text_mask)
-            states, mask = torch.cat([states, null_states]), torch.cat([mask, null_mask])
-            if prompt_codes is not None:
-                p = prompt_codes.shape[-1]
-                prompt = torch.cat([prompt_codes, prompt_codes])
-                pmask = torch.cat([torch.ones(self.batch, p, dtype=mask.dtype), torch.zeros(self.batch, p, dtype=mask.dtype)])
-        self.states, self.mask, self.prompt, self.prompt_mask = states, mask, prompt, pmask
-        self.rows = states.shape[0]
+        self.states, self.mask, self.prompt, self.prompt_mask = condition_rows(text_states, text_mask, prompt_codes,
+                                                                               self.guided)
+        self.rows = self.states.shape[0]
         self.text_positions = text_states.shape[1] if cfg.variant == "a" else 0  # cache positions before audio step 0
         self.shared: KV | DynamicCache | None = None  # filled by the first decode
         self.no_tokens = torch.zeros(self.batch, self.codebooks, 0, dtype=torch.long)
@@ -223,12 +219,8 @@ class MusicGenLiteAdapter:
         [0, t] in one forward as `generate(..., continuation=known)` does."""
         b, k, at = known.shape
         total = at + frames
-        steps = total + k - 1
-        forced = known.new_full((b, k, steps), -1)  # -1: sample; else the token to emit
-        for i in range(k):  # the delay pattern's corners, then the kept frames (codebook i runs i steps late)
-            forced[:, i, :i] = self.special
-            forced[:, i, i + total:] = self.special
-            forced[:, i, i:i + at] = known[:, i]
+        forced = forced_tokens(b, k, total, known, self.special)  # -1: sample; else the token to emit
+        steps = forced.shape[-1]
         out = forced.clone()
         cache = self.cache(prefix)
         if prefix is None:

@@ -2,6 +2,7 @@
 
     python -m accelerando.train.musicgen_lite --variant a --minutes 40 --threads 1 --out checkpoints/musicgen_lite_a
     python -m accelerando.train.musicgen_lite --variant b --minutes 40 --threads 1 --out checkpoints/musicgen_lite_b
+    python -m accelerando.train.musicgen_lite --variant a --pattern flatten --minutes 40 --threads 1 --out checkpoints/musicgen_lite_a_flatten
 
 Data: the `train_clips` training clips whose latents the codec fit cached (`train.codec.split_latents`),
 tokenized by the committed codec (4 codebooks at 21.5 frames/s, 215 frames per 10 s clip), and
@@ -46,6 +47,7 @@ FIXED_PROMPTS = (
 @dataclass
 class TrainConfig:
     variant: str = "a"  # "a" (text prefix LM) or "b" (text + audio prompt, cross-attention)
+    pattern: str = "delay"  # codebook pattern: "delay" (MusicGen's) or "flatten" (K x the steps)
     corpus: str = "full"
     codec: str = "checkpoints/codec_lite"
     autoencoder: str = "checkpoints/autoencoder_lite"
@@ -114,11 +116,11 @@ def token_data(cfg: TrainConfig, log_fn=print) -> dict:
 
 
 def batch_inputs(split: dict, idx, variant: str, prompt_frames: int, special: int,
-                 drop_text=None, drop_prompt=None) -> dict:
+                 drop_text=None, drop_prompt=None, pattern: str = "delay") -> dict:
     """Model inputs and labels for clips `idx`: A the whole clip, B the clip after its first
     `prompt_frames` frames with those frames as the audio prompt. Text columns trimmed to the
     batch's longest caption."""
-    from ..models.musicgen_lite import delayed_inputs_and_labels, null_condition
+    from ..models.musicgen_lite import inputs_and_labels, null_condition
 
     codes = split["codes"][idx]
     mask = split["mask"][idx]
@@ -132,7 +134,7 @@ def batch_inputs(split: dict, idx, variant: str, prompt_frames: int, special: in
         prompt_mask = torch.ones(len(idx), prompt_frames, dtype=mask.dtype)
         if drop_prompt is not None:
             prompt_mask[drop_prompt] = 0
-    inputs, labels = delayed_inputs_and_labels(codes, special)
+    inputs, labels = inputs_and_labels(codes, special, pattern)
     return {"inputs": inputs, "labels": labels, "text_states": states, "text_mask": mask,
             "prompt_codes": prompt, "prompt_mask": prompt_mask}
 
@@ -154,7 +156,7 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
     if cfg.variant == "b" and not 1 <= p_lo <= p_hi < clip_frames:
         raise ValueError(f"prompt_seconds={cfg.prompt_seconds} gives {p_lo}..{p_hi} prompt frames of {clip_frames}-frame "
                          "clips: the prompt must leave part of the clip to learn")
-    mcfg = MusicGenLiteConfig(variant=cfg.variant, codebooks=k, codebook_size=size, hidden_size=cfg.hidden_size,
+    mcfg = MusicGenLiteConfig(variant=cfg.variant, pattern=cfg.pattern, codebooks=k, codebook_size=size, hidden_size=cfg.hidden_size,
                               layers=cfg.layers, heads=cfg.heads, ffn_size=cfg.ffn_size,
                               text_dim=train_set["states"].shape[-1], dropout=cfg.dropout,
                               max_prompt_frames=p_hi,
@@ -235,10 +237,10 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
             both, only_prompt = cfg.cond_dropout, cfg.cond_dropout + cfg.prompt_dropout
             drop_prompt = u < only_prompt
             drop_text = (u < both) | ((u >= only_prompt) & (u < only_prompt + cfg.text_dropout))
-            b = batch_inputs(train_set, idx, cfg.variant, prompt_frames, size, drop_text, drop_prompt)
+            b = batch_inputs(train_set, idx, cfg.variant, prompt_frames, size, drop_text, drop_prompt, cfg.pattern)
             with amp:
                 logits = model(b["inputs"], b["text_states"], b["text_mask"], b["prompt_codes"], b["prompt_mask"])
-                nll = codebook_nll(logits.float(), b["labels"])
+                nll = codebook_nll(logits.float(), b["labels"], k)
             (nll.mean() / cfg.accumulate).backward()
             loss_sum += nll.mean().item() / cfg.accumulate
             per_codebook += nll.detach() / cfg.accumulate
