@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-from ..models.musicgen_lite import MusicGenLite, cfg_logits, condition_rows, forced_tokens, sample_logits
-from ..models.patterns import delay_pattern, undelay_pattern
+from ..models.musicgen_lite import (MusicGenLite, cfg_logits, condition_rows, forced_tokens, inputs_and_labels,
+                                   sample_logits)
+from ..models.patterns import undelay_pattern
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [rows, heads, positions, head_dim]
 
@@ -188,9 +189,7 @@ class MusicGenLiteAdapter:
     def inputs(self, known: torch.Tensor) -> torch.Tensor:
         """Step inputs [B, K, t + 1] of audio positions [0, t] given frames [0, t): the special
         token, then the delayed codes of steps [0, t) (their corners special)."""
-        at = known.shape[-1]
-        start = known.new_full((self.batch, self.codebooks, 1), self.special)
-        return torch.cat([start, delay_pattern(known, pad=self.special)[..., :at]], -1)
+        return inputs_and_labels(known, self.special)[0][..., :known.shape[-1] + 1]
 
     def cache(self, prefix: KV | None):
         """A model cache of audio positions [0, t) (after A's shared text positions, beside B's
