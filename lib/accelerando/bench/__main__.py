@@ -3,6 +3,7 @@
     python -m accelerando.bench baseline --preset tiny --json
     python -m accelerando.bench baseline --preset full --seconds 1 10 47.55 --threads 2 --json
     python -m accelerando.bench quant --prompts 32 --json
+    python -m accelerando.bench quant --skip-fidelity --skip-speed --tokens --qat --json
     python -m accelerando.bench sparse --json
 """
 
@@ -46,17 +47,31 @@ def baseline(args) -> list[dict]:
 BITS = {"w4a4": (4, 4), "w4a8": (4, 8), "w8a8": (8, 8), "w4a16": (4, None), "w8a16": (8, None)}
 
 
-def quant(args) -> list[dict]:
-    """WP1: weight bytes of the full-size DiT, int8 CPU block speed, and fidelity of the quantized
-    Stable-Audio-Lite to its own full-precision output, per method and bit width."""
-    import json as _json
+def _ci(est) -> dict:
+    return {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high}
 
+
+def quant(args) -> list[dict]:
+    """WP1: weight bytes of the full-size DiT, int8 CPU block speed, fidelity of the quantized
+    Stable-Audio-Lite to its own full-precision output per method and bit width; with --tokens the
+    MusicGen-Lite token models' NLL increase and top-1 agreement, with --qat PTQ against QAT."""
     from ..data import build_corpus, preset as corpus_preset
     from ..metrics.stats import bootstrap_ci
     from ..models.stable_audio import TRANSFORMER_CONFIGS, build_stable_audio
     from ..models.stable_audio_lite import load_stable_audio_lite
     from ..quant import preset as quant_preset
-    from .quant import fidelity_to_full_precision, int8_block_speed, quantized_weight_bytes
+    from .quant import SCORES, fidelity_to_full_precision, int8_block_speed, quantized_weight_bytes
+
+    def configs_for(bits_list, methods, skip: tuple[str, ...] | None = None):
+        out = {}
+        for bits in bits_list:
+            w, a = BITS[bits]
+            for method in methods:
+                base, _, objective = method.partition("+")
+                out[f"{method} {bits}"] = quant_preset(base, w, a, rank=args.rank if base in ("svd", "svdquant") else 0,
+                                                       objective=objective or "layer_mse", seed=args.seed,
+                                                       **({"skip": skip} if skip else {}))
+        return out
 
     records = []
     meta = build_stable_audio("full", device="meta").transformer
@@ -73,24 +88,82 @@ def quant(args) -> list[dict]:
     corpus = build_corpus(corpus_preset(args.corpus, sample_rate=22050))
     train = [c.caption for c in corpus.filter(split="train")][: args.calib_prompts]
     test = [c.caption for c in corpus.filter(split="test")][: args.prompts]
+    if not args.skip_fidelity:
+        pipe = load_stable_audio_lite()
+        configs = {m: m for m in args.external} | configs_for(args.bits, args.methods)
+        rows = list(fidelity_to_full_precision(pipe, configs, train, test, steps=args.steps, seconds=args.seconds,
+                                               seed=args.seed))
+        for name in configs:
+            mine = [r for r in rows if r["method"] == name]
+            summary = {"measure": "fidelity_vs_fp", "model": "stable-audio-lite", "method": name, "n": len(mine),
+                       "steps": args.steps, "seconds": args.seconds, "quantize_seconds": mine[0]["quantize_seconds"]}
+            for metric in SCORES:
+                summary[metric] = _ci(bootstrap_ci([r[metric] for r in mine], seed=args.seed))
+            records.append(_print(summary, args.json))
+    if args.tokens:
+        from .quant_tokens import TOKEN_SKIP
+
+        # the audio-domain objectives score decoded audio: a token model has none, so layer_mse only
+        methods = [m for m in args.methods if "+" not in m]
+        records += _quant_tokens(args, corpus, configs_for(args.token_bits, methods, TOKEN_SKIP))
+    if args.qat:
+        records += _quant_qat(args, train, test)
+    return records
+
+
+def _quant_tokens(args, corpus, configs) -> list[dict]:
+    """MusicGen-Lite A / B quantized per config: NLL increase and top-1 agreement on test tokens."""
+    from ..models.codec_lite import load_codec_lite
+    from ..models.musicgen_lite import CHECKPOINT_NAMES, load_musicgen_lite
+    from ..models.stable_audio_lite import CHECKPOINTS
+    from ..train.musicgen_lite import token_split
+    from .quant_tokens import musicgen_lite_batches, summarize_tokens, token_fidelity
+
+    codec = load_codec_lite()
+    test = token_split(codec, CHECKPOINTS / "autoencoder_lite", corpus, "test", args.token_clips, args.seed)
+    calib = token_split(codec, CHECKPOINTS / "autoencoder_lite", corpus, "train", args.token_calib_clips, args.seed)
+    records = []
+    for variant in args.token_models:
+        model = load_musicgen_lite(CHECKPOINTS / CHECKPOINT_NAMES[variant], codec)
+        frames = round(args.token_prompt_seconds * codec.frame_rate) if variant == "b" else 0
+        rows, reports = token_fidelity(model, configs, musicgen_lite_batches(calib, model, frames),
+                                       musicgen_lite_batches(test, model, frames))
+        for s in summarize_tokens(rows, seed=args.seed):
+            report = reports[s["method"]]
+            records.append(_print({"measure": "token_fidelity", "model": f"musicgen-lite-{variant}", "method": s["method"],
+                                   "n": s["n"], "nll_fp": s["nll_fp"], "nll_increase": _ci(s["nll_increase"]),
+                                   "wilcoxon_p": s["wilcoxon_p"], "agreement": _ci(s["agreement"]),
+                                   "quantized_layers": len(report.quantized), "skipped": report.skipped}, args.json))
+    return records
+
+
+def _quant_qat(args, train: list[str], test: list[str]) -> list[dict]:
+    """W4A4 SVDQuant after PTQ and after QAT of its low-rank branches with each objective."""
+    from ..data import build_corpus, preset as corpus_preset
+    from ..metrics.stats import bootstrap_ci, paired_comparison
+    from ..models.stable_audio_lite import load_stable_audio_lite
+    from ..quant import QATConfig, corpus_data, preset as quant_preset
+    from .qat import qat_fidelity
+    from .quant import SCORES
+
     pipe = load_stable_audio_lite()
-    configs = {m: m for m in args.external}
-    for bits in args.bits:
-        w, a = BITS[bits]
-        for method in args.methods:
-            base, _, objective = method.partition("+")
-            configs[f"{method} {bits}"] = quant_preset(base, w, a, rank=args.rank if base in ("svd", "svdquant") else 0,
-                                                       objective=objective or "layer_mse")
-    rows = list(fidelity_to_full_precision(pipe, configs, train, test, steps=args.steps, seconds=args.seconds,
-                                           seed=args.seed))
-    for name in configs:
-        mine = [r for r in rows if r["method"] == name]
-        summary = {"measure": "fidelity_vs_fp", "model": "stable-audio-lite", "method": name, "n": len(mine),
-                   "steps": args.steps, "seconds": args.seconds, "quantize_seconds": mine[0]["quantize_seconds"]}
-        for metric in ("mrstft", "complex_mrstft", "si_sdr", "lsd"):
-            est = bootstrap_ci([r[metric] for r in mine], seed=args.seed)
-            summary[metric] = {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high}
-        records.append(_print(summary, args.json))
+    clips = build_corpus(corpus_preset(args.qat_corpus, sample_rate=22050))
+    data = corpus_data(pipe, clips, "train", args.qat_train_clips, seed=args.seed)
+    qat = QATConfig(minutes=None, max_steps=args.qat_steps, batch_size=args.qat_batch, val_batches=0, seed=args.seed)
+    rows = list(qat_fidelity(pipe, quant_preset("svdquant", 4, 4, rank=args.rank, seed=args.seed), train, test, data,
+                             tuple(args.qat_objectives), qat, steps=args.steps, seconds=args.seconds, seed=args.seed))
+    ptq = sorted((r for r in rows if r["method"] == "ptq"), key=lambda r: r["prompt"])
+    records = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["prompt"])
+        rec = {"measure": "qat_fidelity", "model": "stable-audio-lite", "method": method, "n": len(mine),
+               "qat_steps": mine[0].get("qat_steps", 0)}
+        for metric in SCORES:
+            rec[metric] = _ci(bootstrap_ci([r[metric] for r in mine], seed=args.seed))
+            if method != "ptq":
+                cmp = paired_comparison([r[metric] for r in mine], [r[metric] for r in ptq], seed=args.seed)
+                rec[f"{metric}_minus_ptq"] = _ci(cmp.mean_diff) | {"wilcoxon_p": cmp.wilcoxon_p}
+        records.append(_print(rec, args.json))
     return records
 
 
@@ -209,6 +282,20 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seconds", type=float, default=4.0, help="seconds of audio per evaluation clip")
     q.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the int8 block timing")
     q.add_argument("--skip-speed", action="store_true", help="skip the full-size int8 block timing")
+    q.add_argument("--skip-fidelity", action="store_true", help="skip the Stable-Audio-Lite fidelity sweep")
+    q.add_argument("--tokens", action="store_true", help="also the MusicGen-Lite token models: NLL increase, top-1 agreement")
+    q.add_argument("--token-models", nargs="+", choices=["a", "b"], default=["a", "b"], help="MusicGen-Lite models quantized")
+    q.add_argument("--token-bits", nargs="+", choices=sorted(BITS), default=["w4a4", "w8a8"], help="token-model bit widths")
+    q.add_argument("--token-clips", type=int, default=32, help="held-out test clips scored teacher-forced")
+    q.add_argument("--token-calib-clips", type=int, default=16, help="training clips of the token calibration")
+    q.add_argument("--token-prompt-seconds", type=float, default=3.0, help="model B's audio prompt (each clip's opening)")
+    q.add_argument("--qat", action="store_true", help="also W4A4 SVDQuant after PTQ vs after QAT of its low-rank branches")
+    q.add_argument("--qat-objectives", nargs="+", default=["latent_mse", "stft_complex"],
+                   help="QAT objectives (accelerando.quant.qat.OBJECTIVES), each from the same PTQ model")
+    q.add_argument("--qat-steps", type=int, default=30, help="optimizer steps per QAT objective")
+    q.add_argument("--qat-batch", type=int, default=4, help="training clips per QAT step")
+    q.add_argument("--qat-train-clips", type=int, default=800, help="training-split clips QAT draws from")
+    q.add_argument("--qat-corpus", default="full", help="corpus preset of the QAT clips (10 s, the DiT's length)")
     _common_flags(q, threads=1, corpus=True)
     s = sub.add_parser("sparse", help="WP2 SIGE-Audio: sparse re-decode, sparse DiT steps, edit fidelity")
     s.add_argument("--preset", choices=["full", "small", "tiny"], default="full",
@@ -247,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.external:
             if m not in EXTERNAL_METHODS:
                 parser.error(f"--external: {m!r} is not one of {EXTERNAL_METHODS}")
+        from ..quant.qat import OBJECTIVES as QAT_OBJECTIVES
+
+        bad = [o for o in args.qat_objectives if o not in QAT_OBJECTIVES]
+        if bad:
+            parser.error(f"--qat-objectives: {bad} not in {QAT_OBJECTIVES}")
+        if min(args.token_clips, args.token_calib_clips, args.qat_steps, args.qat_batch, args.qat_train_clips) < 1:
+            parser.error("--token-clips, --token-calib-clips, --qat-steps, --qat-batch and --qat-train-clips must be >= 1")
         for m in args.methods:
             base, _, objective = m.partition("+")
             if base not in PRESETS or (objective and objective not in OBJECTIVES):

@@ -14,21 +14,14 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
-import torch
 
 from ..quant import SVDQuantConfig, quantize_
-from ..quant.objectives import pipeline_calibration, render
+from ..quant.objectives import pipeline_calibration
 from ..quant.qat import QATConfig, QATData, finetune_lowrank_
-
-
-def _scores(ref: np.ndarray, gen: np.ndarray, sr: int) -> dict:
-    """The four fidelity metrics of `fidelity_to_full_precision`, same names."""
-    from ..metrics.fidelity import complex_mrstft_distance, log_spectral_distance, mrstft_distance, si_sdr
-
-    return {"mrstft": mrstft_distance(ref, gen, sr), "complex_mrstft": complex_mrstft_distance(ref, gen, sr),
-            "si_sdr": si_sdr(ref, gen, sr), "lsd": log_spectral_distance(ref, gen, sr)}
+from .quant import fidelity_scores, render_all
 
 
 def qat_fidelity(pipe, config: SVDQuantConfig, calib_prompts: list[str], eval_prompts: list[str], data: QATData,
@@ -42,13 +35,11 @@ def qat_fidelity(pipe, config: SVDQuantConfig, calib_prompts: list[str], eval_pr
     `val_data` held-out clips for the QAT's own loss. The pipeline's transformer is restored."""
     qat = qat or QATConfig()
 
-    def render_all(prompts):  # as fidelity_to_full_precision renders: batches from seed + i
-        clips = [render(pipe, prompts[i: i + batch_size], seconds, steps, guidance_scale, seed + i)
-                 for i in range(0, len(prompts), batch_size)]
-        return torch.cat([c for c, _ in clips]), clips[0][1]
+    render_eval = partial(render_all, pipe, seconds=seconds, steps=steps, guidance_scale=guidance_scale,
+                          batch_size=batch_size, seed=seed)  # as fidelity_to_full_precision renders
 
     original = pipe.transformer
-    reference, sr = render_all(eval_prompts)
+    reference, sr = render_eval(eval_prompts)
     try:
         ptq = copy.deepcopy(original)
         pipe.transformer = ptq
@@ -69,9 +60,9 @@ def qat_fidelity(pipe, config: SVDQuantConfig, calib_prompts: list[str], eval_pr
         rendered = []
         for method, dit, info in runs:
             pipe.transformer = dit
-            rendered.append((method, render_all(eval_prompts)[0], info))
+            rendered.append((method, render_eval(eval_prompts)[0], info))
     finally:
         pipe.transformer = original
     for method, audio, info in rendered:
         for i, (ref, gen) in enumerate(zip(reference.numpy(), audio.numpy())):
-            yield {"method": method, "prompt": i, **_scores(ref, gen, sr), **info}
+            yield {"method": method, "prompt": i, **fidelity_scores(ref, gen, sr), **info}

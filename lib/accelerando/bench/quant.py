@@ -10,6 +10,11 @@
   (MR-STFT, complex MR-STFT, SI-SDR, LSD).
 - `int8_block_speed(...)`: one full-size DiT block, fp32 against the same block with its linears
   on the int8 CPU path (FBGEMM) plus the low-rank branch, interleaved on the same thread count.
+- `family_audit(rows, clips, ...)`: the fidelity records regrouped by the instrument family and
+  genre of each evaluation prompt's clip: is any group hurt more than the others?
+
+`render_all` and `fidelity_scores` are the rendering and the four per-clip metrics every fidelity
+measurement here shares (`bench.qat` too), so all of them score the same audio the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Iterator
+from functools import partial
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,6 +58,27 @@ def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig) -> dict:
             "skipped_layers": skipped}
 
 
+SCORES = ("mrstft", "complex_mrstft", "si_sdr", "lsd")  # the per-clip fidelity metrics, in table order
+
+
+def render_all(pipe, prompts: list[str], *, seconds: float, steps: int, guidance_scale: float = 6.0,
+               batch_size: int = 8, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """`render` in batches of `batch_size`, batch i from noise seed + i (so a prompt's noise
+    depends only on its position): (audio [prompts, channels, samples], sr)."""
+    clips = [render(pipe, prompts[i: i + batch_size], seconds, steps, guidance_scale, seed + i)
+             for i in range(0, len(prompts), batch_size)]
+    return torch.cat([c for c, _ in clips]), clips[0][1]
+
+
+def fidelity_scores(ref: np.ndarray, gen: np.ndarray, sr: int) -> dict:
+    """SCORES of one clip `gen` against its full-precision twin `ref` ([channels,
+    samples], sr Hz): MR-STFT and complex MR-STFT distances, SI-SDR (dB), log-spectral distance."""
+    from ..metrics.fidelity import complex_mrstft_distance, log_spectral_distance, mrstft_distance, si_sdr
+
+    return {"mrstft": mrstft_distance(ref, gen, sr), "complex_mrstft": complex_mrstft_distance(ref, gen, sr),
+            "si_sdr": si_sdr(ref, gen, sr), "lsd": log_spectral_distance(ref, gen, sr)}
+
+
 def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], calib_prompts: list[str],
                                eval_prompts: list[str], *, steps: int = 25, seconds: float = 4.0,
                                calib_steps: int = 8, calib_seconds: float = 2.0, guidance_scale: float = 6.0,
@@ -64,15 +92,11 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
     `keep_audio` prompts' records also carry "audio" and "reference_audio" ([channels, samples]
     numpy) and "sr", for listening.
     """
-    from ..metrics.fidelity import complex_mrstft_distance, log_spectral_distance, mrstft_distance, si_sdr
-
-    def render_all(prompts):
-        clips = [render(pipe, prompts[i: i + batch_size], seconds, steps, guidance_scale, seed + i)
-                 for i in range(0, len(prompts), batch_size)]
-        return torch.cat([c for c, _ in clips]), clips[0][1]
+    render_eval = partial(render_all, pipe, seconds=seconds, steps=steps, guidance_scale=guidance_scale,
+                          batch_size=batch_size, seed=seed)
 
     original = pipe.transformer
-    reference, sr = render_all(eval_prompts)
+    reference, sr = render_eval(eval_prompts)
     for method, config in configs.items():
         dit = copy.deepcopy(original)
         pipe.transformer = dit
@@ -85,7 +109,7 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
             else:
                 quantized = quantize_(dit, config, calib=calib, audio_fn=audio_fn).quantized
             spent = time.perf_counter() - start
-            audio, _ = render_all(eval_prompts)
+            audio, _ = render_eval(eval_prompts)
         finally:
             pipe.transformer = original
         for i, (ref, gen) in enumerate(zip(reference.numpy(), audio.numpy())):
@@ -93,9 +117,7 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
             yield listen | {
                 "method": method, "config": getattr(config, "name", config),
                 "objective": getattr(config, "objective", None), "prompt": i,
-                "mrstft": mrstft_distance(ref, gen, sr), "complex_mrstft": complex_mrstft_distance(ref, gen, sr),
-                "si_sdr": si_sdr(ref, gen, sr), "lsd": log_spectral_distance(ref, gen, sr),
-                "quantize_seconds": spent, "quantized_layers": len(quantized),
+                **fidelity_scores(ref, gen, sr), "quantize_seconds": spent, "quantized_layers": len(quantized),
             }
 
 
@@ -131,3 +153,75 @@ def int8_block_speed(transformer_config: dict, *, seconds: float = 10.0, rank: i
                       rounds=rounds, baseline="fp32", device="cpu")
     return {"tokens": tokens, "rank": rank, "relative_error": rel, "quantized_layers": len(report.quantized),
             "threads": torch.get_num_threads(), **{f"{k}_{m}": v for k, r in timings.items() for m, v in r.items()}}
+
+
+def family_audit(rows: list[dict], clips: list, method: str = "svdquant w4a4", baseline: str = "rtn w4a4",
+                 metric: str = "mrstft", min_group: int = 4, n_resamples: int = 1000,
+                 seed: int = 0) -> tuple["pd.DataFrame", dict]:
+    """Fidelity records regrouped by what each evaluation prompt describes: is any instrument
+    family (or genre) hurt more than the rest?
+
+    rows     fidelity records (`fidelity_to_full_precision`: method, prompt index, `metric`).
+    clips    the evaluation clips in prompt order (prompt i is clips[i].caption); a clip belongs to
+             every instrument family it holds (`Clip.families`, pretty_midi's GM classes and
+             "Drums") and to its one genre.
+
+    One row per group (kind "family" or "genre"): n prompts, the mean `metric` of `method` and of
+    `baseline` with 95 % bootstrap intervals, and the per-prompt log ratio method / baseline
+    (mean, interval; exp of it is the geometric-mean ratio). Two tests per group, group against
+    the other prompts (two-sided Mann-Whitney U, Holm-adjusted within its kind): `p_hurt` on
+    `method`'s metric (are this group's prompts further from full precision?) and `p_gain` on the
+    log ratio (does `method`'s gain over `baseline` differ here?). Groups with fewer than
+    `min_group` prompts on either side are described but not tested (tested False, p NaN). The
+    second value holds Kruskal-Wallis tests across the genres (disjoint groups) with at least
+    `min_group` prompts: None when fewer than two have.
+    """
+    import pandas as pd
+    from scipy import stats as sps
+
+    from ..metrics.stats import bootstrap_ci
+
+    def per_prompt(name):
+        got = {r["prompt"]: r[metric] for r in rows if r["method"] == name}
+        if sorted(got) != list(range(len(clips))):
+            raise ValueError(f"{name!r} has records for prompts {sorted(got)}; expected one per clip 0..{len(clips) - 1}")
+        return np.array([got[i] for i in range(len(clips))], dtype=float)
+
+    a, b = per_prompt(method), per_prompt(baseline)
+    log_ratio = np.log(a / b)
+    groups = [("family", f, np.array([f in c.families for c in clips])) for f in sorted({f for c in clips for f in c.families})]
+    groups += [("genre", g, np.array([c.genre == g for c in clips])) for g in sorted({c.genre for c in clips})]
+    out = []
+    for kind, name, inside in groups:
+        n = int(inside.sum())
+        row = {"kind": kind, "group": name, "n": n}
+        for label, values in ((method, a[inside]), (baseline, b[inside]), ("log_ratio", log_ratio[inside])):
+            est = bootstrap_ci(list(values), n_resamples=n_resamples, seed=seed)
+            row |= {label: est.value, f"{label}_lo": est.ci_low, f"{label}_hi": est.ci_high}
+        row["tested"] = min(n, len(clips) - n) >= min_group
+        for key, values in (("p_hurt", a), ("p_gain", log_ratio)):
+            row[key] = float(sps.mannwhitneyu(values[inside], values[~inside]).pvalue) if row["tested"] else np.nan
+        out.append(row)
+    table = pd.DataFrame(out)
+    for key in ("p_hurt", "p_gain"):
+        table[f"{key}_holm"] = np.nan
+        for kind in ("family", "genre"):
+            sel = table.index[(table.kind == kind) & table.tested]
+            table.loc[sel, f"{key}_holm"] = _holm(table.loc[sel, key].astype(float).tolist())
+    disjoint = [g for k, _, g in groups if k == "genre" and g.sum() >= min_group]
+
+    def kruskal(values):
+        return float(sps.kruskal(*[values[g] for g in disjoint]).pvalue) if len(disjoint) >= 2 else None
+
+    omnibus = {"genres_tested": len(disjoint), "kruskal_hurt_p": kruskal(a), "kruskal_gain_p": kruskal(log_ratio)}
+    return table, omnibus
+
+
+def _holm(p: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values (family-wise error), in the input's order."""
+    order = np.argsort(p)
+    adjusted, running = np.empty(len(p)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

@@ -190,13 +190,29 @@ class SVDQuantLinear(nn.Module):
             return triton_kernels.w4a4_linear(
                 x, self.smooth, self.act_shift, self.qweight, self.wscales, self.lora_down.float(),
                 self.lora_up.float(), self.bias, self.group_size, self.act_signed).to(x.dtype)
-        return self._forward_reference(x)
+        return self.forward_reference(x)
 
-    def _forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_reference(self, x: torch.Tensor, lora_down: torch.Tensor | None = None,
+                           lora_up: torch.Tensor | None = None, residual: torch.Tensor | None = None,
+                           ste: bool = False) -> torch.Tensor:
+        """The reference numerics, x [..., in] -> y [..., out] in x's dtype.
+
+        QAT (`accelerando.quant.qat`) calls it with trainable fp32 factors down [r, in] and
+        up [out, r], the residual Q(R) [out, in] decoded once, and `ste=True`: the activation
+        rounding then passes gradients straight through (forward value x_s + (Q(x_s) - x_s),
+        equal to Q(x_s) up to one fp32 rounding; round's own gradient is zero). The defaults are
+        the stored buffers and no STE: what inference computes, bit for bit.
+        """
+        down = self.lora_down.float() if lora_down is None else lora_down
+        up = self.lora_up.float() if lora_up is None else lora_up
         x_s = self.smoothed_input(x)  # [..., in]
-        y = x_s @ self.lora_down.float().t() @ self.lora_up.float().t() if self.rank else 0.0
-        x_q = x_s if self.act_bits is None else fake_quantize(x_s, self.act_bits, self.group_size, self.act_signed)
-        y = y + x_q @ self.residual_weight().t() + self.bias
+        y = x_s @ down.t() @ up.t() if self.rank else 0.0
+        x_q = x_s
+        if self.act_bits is not None:
+            x_q = fake_quantize(x_s, self.act_bits, self.group_size, self.act_signed)
+            if ste:
+                x_q = x_s + (x_q - x_s).detach()
+        y = y + x_q @ (self.residual_weight() if residual is None else residual).t() + self.bias
         return y.to(x.dtype)
 
     def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,6 @@ from ..metrics.fidelity import RESOLUTIONS
 from ..train import warmup_cosine
 from .linear import SVDQuantLinear
 from .objectives import DECODE_MARGIN
-from .primitives import fake_quantize
 
 OBJECTIVES = ("latent_mse", "stft_magnitude", "stft_complex")
 
@@ -112,16 +111,8 @@ class LowRankFactors(nn.Module):
 
 
 def _qat_forward(layer: SVDQuantLinear, f: LowRankFactors, x: torch.Tensor) -> torch.Tensor:
-    """`SVDQuantLinear._forward_reference` with trainable factors and a straight-through
-    activation quantizer: forward value fake_quantize(x_s), gradient that of x_s."""
-    x_s = layer.smoothed_input(x)  # [..., in]
-    y = x_s @ f.down.t() @ f.up.t() if layer.rank else 0.0
-    if layer.act_bits is None:
-        x_q = x_s
-    else:
-        x_q = x_s + (fake_quantize(x_s, layer.act_bits, layer.group_size, layer.act_signed) - x_s).detach()
-    y = y + x_q @ f.residual.t() + layer.bias
-    return y.to(x.dtype)
+    """The layer's reference forward with trainable factors and the straight-through quantizer."""
+    return layer.forward_reference(x, f.down, f.up, f.residual, ste=True)
 
 
 def quantized_layers(model: nn.Module) -> dict[str, SVDQuantLinear]:
