@@ -82,3 +82,11 @@ def test_cli_rejects_bad_lengths():
     out = subprocess.run([sys.executable, "-m", "accelerando.bench", "baseline", "--seconds", "-1"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "--seconds must be positive" in out.stderr
+
+
+def test_cli_quant_refuses_the_published_model_without_weights_and_qat_on_it():
+    base = [sys.executable, "-m", "accelerando.bench", "quant", "--skip-speed", "--model", "stable-audio-open"]
+    out = subprocess.run(base, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "needs --weights DIR" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run(base + ["--weights", "/nowhere", "--qat"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "run it with --model stable-audio-lite" in out.stderr

@@ -97,6 +97,17 @@ def test_lowrank_refit_never_increases_the_error():
     assert final < plain  # the branch took the outlier out of the quantized residual
 
 
+def test_a_rank_above_the_layer_width_is_capped_at_the_width():
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96)
+    layer = SVDQuantLinear.from_linear(linear, 4, 4, group_size=32, rank=128, refit_iters=1)
+    assert layer.rank == 64 and layer.lora_down.shape == (64, 64) and layer.lora_up.shape == (96, 64)
+    x = torch.randn(5, 64)
+    # a full-rank branch holds the whole weight: only the fp16 rounding of the factors is left
+    assert torch.allclose(layer(x.clone()), linear(x), atol=5e-2)
+    assert SVDQuantLinear(64, 96, rank=128, group_size=32).lora_up.shape == (96, 64)  # skeletons agree
+
+
 def test_weight_only_layer_applies_its_effective_weight_and_the_shift_is_exact():
     g = torch.Generator().manual_seed(4)
     lin = nn.Linear(128, 32)
@@ -317,6 +328,67 @@ def test_fidelity_records_rank_bit_widths_and_restore_the_pipeline():
     mean = lambda m, k: sum(r[k] for r in rows if r["method"] == m) / 3  # noqa: E731
     assert mean("w8a8", "si_sdr") > mean("w4a4", "si_sdr")
     assert mean("w8a8", "complex_mrstft") < mean("w4a4", "complex_mrstft")
+
+
+def test_fidelity_records_carry_embeddings_for_kad_against_the_test_set():
+    import numpy as np
+
+    from accelerando.bench.quant import fidelity_to_full_precision, kad_vs_reference, corpus_embeddings
+    from accelerando.metrics import get_embedding
+    from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
+    from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite
+
+    pipe = build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
+    configs = {"w8a8": preset("rtn", 8, 8, group_size=16), "w4a4": preset("rtn", 4, 4, group_size=16)}
+    embedders = {"mel-stats": get_embedding("mel-stats")}
+    rows = list(fidelity_to_full_precision(pipe, configs, ["a folk song"], ["a chorale", "a march", "a reel"],
+                                           steps=2, seconds=0.5, calib_steps=1, calib_seconds=0.25, embedders=embedders))
+    by = {(r["method"], r["prompt"]): r for r in rows}
+    for i in range(3):  # one full-precision clip per prompt, whatever the config
+        assert np.array_equal(by["w8a8", i]["reference_embeddings"]["mel-stats"], by["w4a4", i]["reference_embeddings"]["mel-stats"])
+    far = lambda m: np.mean([np.linalg.norm(by[m, i]["embeddings"]["mel-stats"] - by[m, i]["reference_embeddings"]["mel-stats"])  # noqa: E731
+                             for i in range(3)])
+    assert 0 < far("w8a8") < far("w4a4")  # the finer grid moves the clip's embedding less
+
+    fp = np.stack([by["w8a8", i]["reference_embeddings"]["mel-stats"] for i in range(3)])
+    sets = {m: [by[m, i]["embeddings"] for i in range(3)] for m in configs}
+    sets["full precision"] = [by["w8a8", i]["reference_embeddings"] for i in range(3)]
+    kads = kad_vs_reference(sets, {"mel-stats": fp}, n_boot=20)
+    # a set against itself: the unbiased estimator is 2 (mean off-diagonal kernel - 1) / n < 0
+    assert kads["full precision"]["mel-stats"].value < 0
+    assert all(np.isfinite(kads[m]["mel-stats"].value) for m in configs)
+
+    class Clip:  # what corpus_embeddings reads of a corpus clip
+        def __init__(self, seconds, rate, stereo=False):
+            self.sample_rate, n = rate, int(seconds * rate)
+            t = np.arange(n) / rate
+            mono = np.sin(2 * np.pi * 220 * t).astype(np.float32)
+            self.audio = np.stack([mono, mono], 1) if stereo else mono
+
+        def load(self):
+            return self.audio
+
+    ref = corpus_embeddings([Clip(1.0, 8000), Clip(2.0, 8000, stereo=True)], 0.5, embedders)
+    assert ref["mel-stats"].shape[0] == 2
+    np.testing.assert_allclose(ref["mel-stats"][0], ref["mel-stats"][1], rtol=1e-5)  # both cut to the same 0.5 s
+    with pytest.raises(ValueError, match="mix sample rates"):
+        corpus_embeddings([Clip(1.0, 8000), Clip(1.0, 16000)], 0.5, embedders)
+
+
+def test_quant_pipeline_loads_local_stable_audio_open_and_never_random_weights(tmp_path):
+    from accelerando.bench.quant import quant_pipeline
+    from accelerando.models.stable_audio import build_stable_audio
+
+    with pytest.raises(ValueError, match="pass weights=DIR"):
+        quant_pipeline("stable-audio-open")
+    with pytest.raises(ValueError, match="unknown model 'stable-audio'"):
+        quant_pipeline("stable-audio")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        quant_pipeline("stable-audio-open", tmp_path / "absent")
+    build_stable_audio("tiny", seed=3).save_pretrained(tmp_path)
+    pipe = quant_pipeline("stable-audio-open", tmp_path)
+    assert pipe.transformer.config.num_layers == build_stable_audio("tiny").transformer.config.num_layers
+    assert torch.equal(pipe.transformer.proj_in.weight, build_stable_audio("tiny", seed=3).transformer.proj_in.weight)
 
 
 @pytest.mark.parametrize("method", ["torchao-w8", "quanto-w8", "quanto-w4"])

@@ -4,6 +4,7 @@
     python -m accelerando.bench baseline --preset full --seconds 1 10 47.55 --threads 2 --json
     python -m accelerando.bench quant --prompts 32 --json
     python -m accelerando.bench quant --skip-fidelity --skip-speed --tokens --qat --json
+    python -m accelerando.bench quant --model stable-audio-open --weights DIR --steps 100 --seconds 10 --json
     python -m accelerando.bench sparse --json
 """
 
@@ -58,9 +59,9 @@ def quant(args) -> list[dict]:
     from ..data import build_corpus, preset as corpus_preset
     from ..metrics.stats import bootstrap_ci
     from ..models.stable_audio import TRANSFORMER_CONFIGS, build_stable_audio
-    from ..models.stable_audio_lite import load_stable_audio_lite
     from ..quant import preset as quant_preset
-    from .quant import SCORES, fidelity_to_full_precision, int8_block_speed, quantized_weight_bytes
+    from .quant import (SCORES, fidelity_to_full_precision, int8_block_speed, kad_vs_reference, quant_pipeline,
+                        quantized_weight_bytes, corpus_embeddings)
 
     def configs_for(bits_list, methods, skip: tuple[str, ...] | None = None):
         out = {}
@@ -89,16 +90,27 @@ def quant(args) -> list[dict]:
     train = [c.caption for c in corpus.filter(split="train")][: args.calib_prompts]
     test = [c.caption for c in corpus.filter(split="test")][: args.prompts]
     if not args.skip_fidelity:
-        pipe = load_stable_audio_lite()
+        from ..metrics import get_embedding
+
+        pipe = quant_pipeline(args.model, args.weights, args.device or default_device())
+        test_clips = corpus.filter(split="test").clips[: args.prompts]
+        embedders = {"mel-stats": get_embedding("mel-stats")}
+        reference = corpus_embeddings(test_clips, args.seconds, embedders)
         configs = {m: m for m in args.external} | configs_for(args.bits, args.methods)
         rows = list(fidelity_to_full_precision(pipe, configs, train, test, steps=args.steps, seconds=args.seconds,
-                                               seed=args.seed))
+                                               seed=args.seed, embedders=embedders))
+        generated = {"full precision": [r["reference_embeddings"] for r in rows if r["method"] == next(iter(configs))]}
+        generated |= {name: [r["embeddings"] for r in rows if r["method"] == name] for name in configs}
+        kads = kad_vs_reference(generated, reference, seed=args.seed)
+        records.append(_print({"measure": "kad_vs_test", "model": args.model, "method": "full precision",
+                               "n": len(test), **{f"kad_{e}": _ci(est) for e, est in kads["full precision"].items()}}, args.json))
         for name in configs:
             mine = [r for r in rows if r["method"] == name]
-            summary = {"measure": "fidelity_vs_fp", "model": "stable-audio-lite", "method": name, "n": len(mine),
+            summary = {"measure": "fidelity_vs_fp", "model": args.model, "method": name, "n": len(mine),
                        "steps": args.steps, "seconds": args.seconds, "quantize_seconds": mine[0]["quantize_seconds"]}
             for metric in SCORES:
                 summary[metric] = _ci(bootstrap_ci([r[metric] for r in mine], seed=args.seed))
+            summary |= {f"kad_{e}": _ci(est) for e, est in kads[name].items()}
             records.append(_print(summary, args.json))
     if args.tokens:
         from .quant_tokens import TOKEN_SKIP
@@ -282,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--seconds", type=float, default=4.0, help="seconds of audio per evaluation clip")
     q.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the int8 block timing")
     q.add_argument("--skip-speed", action="store_true", help="skip the full-size int8 block timing")
-    q.add_argument("--skip-fidelity", action="store_true", help="skip the Stable-Audio-Lite fidelity sweep")
+    q.add_argument("--skip-fidelity", action="store_true", help="skip the fidelity sweep")
+    q.add_argument("--model", choices=["stable-audio-lite", "stable-audio-open"], default="stable-audio-lite",
+                   help="the DiT of the fidelity sweep: the Lite model trained here, or the published one (needs --weights)")
+    q.add_argument("--weights", help="local directory of the model's weights (stable-audio-open: a copy of its repository)")
+    q.add_argument("--device", help="cpu or cuda (default: cuda when present)")
     q.add_argument("--tokens", action="store_true", help="also the MusicGen-Lite token models: NLL increase, top-1 agreement")
     q.add_argument("--token-models", nargs="+", choices=["a", "b"], default=["a", "b"], help="MusicGen-Lite models quantized")
     q.add_argument("--token-bits", nargs="+", choices=sorted(BITS), default=["w4a4", "w8a8"], help="token-model bit widths")
@@ -341,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--qat-objectives: {bad} not in {QAT_OBJECTIVES}")
         if min(args.token_clips, args.token_calib_clips, args.qat_steps, args.qat_batch, args.qat_train_clips) < 1:
             parser.error("--token-clips, --token-calib-clips, --qat-steps, --qat-batch and --qat-train-clips must be >= 1")
+        if args.qat and args.model != "stable-audio-lite":
+            parser.error("--qat trains on latents of Stable-Audio-Lite's autoencoder (22.05 kHz mono corpus clips): "
+                         "run it with --model stable-audio-lite")
+        if args.model == "stable-audio-open" and not args.skip_fidelity and not args.weights:
+            parser.error("--model stable-audio-open needs --weights DIR, a local copy of stabilityai/stable-audio-open-1.0 "
+                         "(nothing is downloaded here)")
         for m in args.methods:
             base, _, objective = m.partition("+")
             if base not in PRESETS or (objective and objective not in OBJECTIVES):

@@ -4,10 +4,13 @@
   scales, low-rank factors, smoothing and biases of the quantized linears; every other tensor in
   fp16), from the very buffers `SVDQuantLinear` allocates, built on the meta device, so the
   full-size 1 B-parameter DiT costs no memory.
+- `quant_pipeline(model, weights)`: the pipeline whose DiT is quantized, Stable-Audio-Lite
+  (trained here) or the real Stable Audio Open from a local copy of its weights.
 - `fidelity_to_full_precision(pipe, configs, ...)`: quantize a copy of the pipeline's
   transformer per config (calibrated on one set of prompts), generate another set of prompts from
   the same noise as the full-precision model, and score each clip against its full-precision twin
-  (MR-STFT, complex MR-STFT, SI-SDR, LSD).
+  (MR-STFT, complex MR-STFT, SI-SDR, LSD); with `embedders`, each clip's embeddings too, for
+  `kad_vs_reference` (KAD of each method's clips against the test set's audio).
 - `int8_block_speed(...)`: one full-size DiT block, fp32 against the same block with its linears
   on the int8 CPU path (FBGEMM) plus the low-rank branch, interleaved on the same thread count.
 - `family_audit(rows, clips, ...)`: the fidelity records regrouped by the instrument family and
@@ -21,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,6 +63,32 @@ def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig) -> dict:
 
 
 SCORES = ("mrstft", "complex_mrstft", "si_sdr", "lsd")  # the per-clip fidelity metrics, in table order
+QUANT_MODELS = ("stable-audio-lite", "stable-audio-open")
+
+
+def quant_pipeline(model: str = "stable-audio-lite", weights: str | Path | None = None,
+                   device: str | torch.device = "cpu"):
+    """The `StableAudioPipeline` whose DiT the fidelity measurements quantize (fp32).
+
+    model "stable-audio-lite": this project's trained checkpoint (`weights`: its directory, None
+    for the committed one). "stable-audio-open": the published Stable Audio Open 1.0 from
+    `weights`, a local copy of its repository. It has no random-weight fallback: how far a
+    quantized random model lands from its own output says nothing about music.
+    """
+    from ..models.stable_audio import REPO_ID, build_stable_audio
+    from ..models.stable_audio_lite import load_stable_audio_lite
+
+    if model == "stable-audio-lite":
+        pipe = load_stable_audio_lite() if weights is None else load_stable_audio_lite(weights)
+    elif model == "stable-audio-open":
+        if weights is None:
+            raise ValueError(f"model 'stable-audio-open' measures the published weights: pass weights=DIR, a local copy "
+                             f"of {REPO_ID} (e.g. `huggingface-cli download {REPO_ID} --local-dir DIR` on a machine with "
+                             f"access), or use model 'stable-audio-lite'. Nothing is downloaded here.")
+        pipe = build_stable_audio("full", weights=weights)
+    else:
+        raise ValueError(f"unknown model {model!r}; choose one of {QUANT_MODELS}")
+    return pipe.to(device)
 
 
 def render_all(pipe, prompts: list[str], *, seconds: float, steps: int, guidance_scale: float = 6.0,
@@ -82,7 +112,8 @@ def fidelity_scores(ref: np.ndarray, gen: np.ndarray, sr: int) -> dict:
 def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], calib_prompts: list[str],
                                eval_prompts: list[str], *, steps: int = 25, seconds: float = 4.0,
                                calib_steps: int = 8, calib_seconds: float = 2.0, guidance_scale: float = 6.0,
-                               batch_size: int = 8, seed: int = 0, keep_audio: int = 0) -> Iterator[dict]:
+                               batch_size: int = 8, seed: int = 0, keep_audio: int = 0,
+                               embedders: dict | None = None) -> Iterator[dict]:
     """Per config and evaluation prompt, one record of fidelity to the full-precision output.
 
     A config is an `SVDQuantConfig` or the name of an external weight-only baseline
@@ -90,13 +121,17 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
     pipeline's own transformer is restored after each config. Records: method, prompt index,
     mrstft, complex_mrstft, si_sdr, lsd, quantize_seconds, quantized_layers; the first
     `keep_audio` prompts' records also carry "audio" and "reference_audio" ([channels, samples]
-    numpy) and "sr", for listening.
+    numpy) and "sr", for listening. With `embedders` ({name: metrics Embedding}) every record
+    carries "embeddings" and "reference_embeddings" ({name: [dim] vector}, the clip's windows
+    averaged) of the quantized and the full-precision clip.
     """
     render_eval = partial(render_all, pipe, seconds=seconds, steps=steps, guidance_scale=guidance_scale,
                           batch_size=batch_size, seed=seed)
 
     original = pipe.transformer
     reference, sr = render_eval(eval_prompts)
+    embed = partial(_embed_clips, sr=sr, embedders=embedders or {})
+    reference_embeddings = embed(reference)
     for method, config in configs.items():
         dit = copy.deepcopy(original)
         pipe.transformer = dit
@@ -112,13 +147,52 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
             audio, _ = render_eval(eval_prompts)
         finally:
             pipe.transformer = original
+        embeddings = embed(audio)
         for i, (ref, gen) in enumerate(zip(reference.numpy(), audio.numpy())):
-            listen = {"audio": gen, "reference_audio": ref, "sr": sr} if i < keep_audio else {}
-            yield listen | {
+            extra = {"audio": gen, "reference_audio": ref, "sr": sr} if i < keep_audio else {}
+            if embedders:
+                extra |= {"embeddings": embeddings[i], "reference_embeddings": reference_embeddings[i]}
+            yield extra | {
                 "method": method, "config": getattr(config, "name", config),
                 "objective": getattr(config, "objective", None), "prompt": i,
                 **fidelity_scores(ref, gen, sr), "quantize_seconds": spent, "quantized_layers": len(quantized),
             }
+
+
+def _embed_clips(audio: torch.Tensor, sr: int, embedders: dict) -> list[dict[str, np.ndarray]]:
+    """Per clip of `audio` [clips, channels, samples]: {name: [dim] vector} (windows averaged)."""
+    from ..metrics.generation import embed_set
+
+    per_name = embed_set(list(audio), sr, embedders) if embedders else {}
+    return [{name: vectors[i] for name, vectors in per_name.items()} for i in range(len(audio))]
+
+
+def corpus_embeddings(clips: Sequence, seconds: float, embedders: dict) -> dict[str, np.ndarray]:
+    """KAD's reference: the first `seconds` of each corpus clip (mono, at the corpus's rate),
+    embedded, {name: [clips, dim]}; the same length as the generated clips it is compared with."""
+    from ..metrics.generation import embed_set
+
+    wavs, rates = [], set()
+    for clip in clips:
+        audio = clip.load()  # [samples] or [samples, channels]
+        audio = audio.mean(axis=1) if audio.ndim == 2 else audio
+        rates.add(int(clip.sample_rate))
+        wavs.append(torch.from_numpy(audio[: round(seconds * clip.sample_rate)].astype(np.float32))[None])
+    if len(rates) != 1:
+        raise ValueError(f"the reference clips mix sample rates {sorted(rates)}: take them from one corpus")
+    return embed_set(wavs, rates.pop(), embedders)
+
+
+def kad_vs_reference(generated: dict[str, list[dict[str, np.ndarray]]], reference: dict[str, np.ndarray], *,
+                     n_boot: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """{method: {embedding: KAD Estimate}}: each method's clips (a list of the per-clip
+    {embedding: [dim]} dicts that `fidelity_to_full_precision` attaches) against `reference`
+    ({embedding: [clips, dim]}, e.g. `corpus_embeddings`), with bootstrap intervals over clips."""
+    from ..metrics.distribution import kad
+
+    return {method: {name: kad(ref, np.stack([clip[name] for clip in clips]), n_boot=n_boot, seed=seed, embedding=name)
+                     for name, ref in reference.items()}
+            for method, clips in generated.items()}
 
 
 def int8_block_speed(transformer_config: dict, *, seconds: float = 10.0, rank: int = 32, rounds: int = 5,

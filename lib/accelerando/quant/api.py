@@ -120,7 +120,7 @@ def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuan
         "beta": None if best_pair is None else best_pair[1],
         "act_signed": signed,
         "act_shift": shift,
-        "rank": config.rank,
+        "rank": layer.rank,  # config.rank, or less where the layer is narrower
         "refit_errors": [round(e, 6) for e in layer.refit_errors],
         "error_rtn": score(build(None, 0, 0)),
         "error": score(layer),

@@ -111,6 +111,7 @@ class SVDQuantLinear(nn.Module):
         super().__init__()
         if in_features % group_size:
             raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}")
+        rank = min(rank, in_features, out_features)  # a wider branch has no more directions to hold
         self.in_features, self.out_features = in_features, out_features
         self.weight_bits, self.act_bits, self.group_size, self.rank = weight_bits, act_bits, group_size, rank
         self.act_shift, self.act_signed, self.backend = float(act_shift), bool(act_signed), backend
