@@ -60,8 +60,8 @@ def quant(args) -> list[dict]:
     from ..metrics.stats import bootstrap_ci
     from ..models.stable_audio import TRANSFORMER_CONFIGS, build_stable_audio
     from ..quant import preset as quant_preset
-    from .quant import (SCORES, fidelity_to_full_precision, int8_block_speed, kad_vs_reference, quant_pipeline,
-                        quantized_weight_bytes, corpus_embeddings)
+    from .quant import (SCORES, corpus_embeddings, fidelity_to_full_precision, int8_block_speed, kad_vs_reference,
+                        quant_pipeline, quantized_weight_bytes)
 
     def configs_for(bits_list, methods, skip: tuple[str, ...] | None = None):
         out = {}
