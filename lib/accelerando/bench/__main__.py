@@ -88,12 +88,12 @@ def quant(args) -> list[dict]:
         records.append(_print({"measure": "int8_block_speed", "model": "stable-audio-open:full", **rec}, args.json))
     corpus = build_corpus(corpus_preset(args.corpus, sample_rate=22050))
     train = [c.caption for c in corpus.filter(split="train")][: args.calib_prompts]
-    test = [c.caption for c in corpus.filter(split="test")][: args.prompts]
+    test_clips = corpus.filter(split="test").clips[: args.prompts]
+    test = [c.caption for c in test_clips]
     if not args.skip_fidelity:
         from ..metrics import get_embedding
 
         pipe = quant_pipeline(args.model, args.weights, args.device or default_device())
-        test_clips = corpus.filter(split="test").clips[: args.prompts]
         embedders = {"mel-stats": get_embedding("mel-stats")}
         reference = corpus_embeddings(test_clips, args.seconds, embedders)
         configs = {m: m for m in args.external} | configs_for(args.bits, args.methods)
