@@ -21,7 +21,7 @@ from accelerando.models.autoencoder_lite import (
     load_autoencoder_lite,
     save_autoencoder_lite,
 )
-from accelerando.train.autoencoder import TrainConfig, loss_terms, mrstft_loss, random_crops
+from accelerando.train.autoencoder import TrainConfig, complex_loss, loss_terms, mel_loss, mrstft_loss, random_crops
 
 TINY = AUTOENCODER_TINY_CONFIG
 
@@ -125,3 +125,26 @@ def test_a_few_steps_lower_the_loss():
         losses.append(terms["loss"].item())
     assert all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_alternative_losses_zero_on_identity_and_the_complex_one_sees_phase():
+    t = torch.arange(2 * 8192) / 22050
+    x = (0.3 * torch.sin(2 * torch.pi * 440 * t)).reshape(2, 1, 8192)
+    flipped = -x  # same magnitude spectrum, every phase off by pi
+    assert mel_loss(x, x, 22050).item() == pytest.approx(0.0, abs=1e-6)
+    assert complex_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert mel_loss(x, 0.5 * x, 22050).item() > 0.1
+    assert mrstft_loss(x, flipped, (512, 128)).item() == pytest.approx(0.0, abs=1e-5)
+    assert complex_loss(x, flipped).item() > 0.1
+
+
+def test_loss_options_add_their_terms_and_unknown_ones_are_refused():
+    vae = build_autoencoder_lite(TINY, seed=0).train()
+    x = 0.1 * torch.randn(2, 1, 8192)
+    terms = loss_terms(vae, x, TrainConfig(recon_loss="mel", complex_weight=0.5))
+    assert {"stft", "l1", "kl", "complex", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
+    assert "complex" not in loss_terms(vae, x, TrainConfig())
+    with pytest.raises(ValueError, match="recon_loss='magnitude'.*'mrstft'"):
+        TrainConfig(recon_loss="magnitude")
+    with pytest.raises(ValueError, match="complex_weight"):
+        TrainConfig(complex_weight=-1.0)

@@ -22,6 +22,7 @@ from accelerando.metrics import (
     transient_smearing_ratio,
 )
 from accelerando.metrics.__main__ import main as cli
+from accelerando.metrics.artifacts import frame_comb_fraction
 from accelerando.metrics.stats import json_safe
 
 SR = 22050
@@ -427,3 +428,29 @@ def test_cli_leaves_out_invalid_clips_with_their_reason(folders, tmp_path, capsy
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and "all silent" in result["invalid"]["gen/clip0"]
     assert result["clips"] == {"reference": 3, "generated": 2, "pairs": 0} and "fidelity" not in result
+
+
+def test_frame_comb_fraction_tells_frame_periodic_output_from_music():
+    sr, hop = 22050, 1024
+    rate = sr / hop  # 21.53 Hz
+    t = np.arange(8 * sr) / sr
+    rng = np.random.default_rng(0)
+    grain = rng.standard_normal(hop)
+    tiled = np.tile(grain, 8 * sr // hop + 1)[: len(t)]  # every frame rendered alike: all energy on the comb
+    on_line = np.sin(2 * np.pi * 24 * rate * t)  # 516.8 Hz, a comb line
+    a4 = np.sin(2 * np.pi * 440.0 * t)  # 9.3 Hz from the nearest line
+    noise = rng.standard_normal(len(t))
+    frac = lambda x: frame_comb_fraction(x[None].astype(np.float32) * 0.1, sr, rate)  # noqa: E731
+    assert frac(tiled) > 0.95 and frac(on_line) > 0.95
+    assert frac(a4) < 0.01
+    assert abs(frac(noise) - 4.0 / rate) < 0.03  # +-2 Hz of every 21.5 Hz: the chance share
+    # nothing in the band (a 5 kHz tone against the default 60-3000 Hz band)
+    assert frame_comb_fraction(np.sin(2 * np.pi * 5000 * t)[None].astype(np.float32), sr, rate) is None
+    with pytest.raises(ValueError, match="Nyquist"):
+        frame_comb_fraction(a4[None].astype(np.float32), sr, rate, band_hz=(60.0, 20000.0))
+    with pytest.raises(ValueError, match="tol_hz"):
+        frame_comb_fraction(a4[None].astype(np.float32), sr, 3.0)
+    with pytest.raises(AudioError, match="NaN"):
+        frame_comb_fraction(np.full((1, sr), np.nan, dtype=np.float32), sr, rate)
+    with pytest.raises(AudioError, match="shorter"):  # under 2 / tol_hz = 1 s: the window smears the lines
+        frame_comb_fraction(a4[None, : sr // 2].astype(np.float32), sr, rate)

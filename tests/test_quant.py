@@ -97,6 +97,48 @@ def test_lowrank_refit_never_increases_the_error():
     assert final < plain  # the branch took the outlier out of the quantized residual
 
 
+def test_clipping_saturates_the_largest_weights_and_refuses_bad_fractions():
+    x = torch.tensor([[0.1, -0.2, 0.3, -4.0]])
+    full = fake_quantize(x, 4, 4, clip=1.0)
+    step = 4.0 / 7  # absmax / qmax: clip 1.0 is plain round-to-nearest
+    assert torch.allclose(full, torch.round(x / step).clamp(-8, 7) * step)
+    clipped = fake_quantize(x, 4, 4, clip=0.5)
+    assert clipped[0, 3] == pytest.approx(-2.0 * 8 / 7)  # saturates at qmin x (0.5 absmax / 7)
+    assert (clipped[0, :3] - x[0, :3]).abs().max() < (full[0, :3] - x[0, :3]).abs().max()  # finer step below
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            group_scales(x, 4, 4, clip=bad)
+    with pytest.raises(ValueError, match="clip_grid"):
+        SVDQuantConfig(clip_grid=(1.0, 0.0))
+
+
+def test_the_clipping_search_picks_by_layer_error_and_never_does_worse_than_none():
+    torch.manual_seed(0)
+    linear = nn.Linear(128, 64)
+    with torch.no_grad():  # heavy-tailed weights: saturating a few buys a finer step for the rest
+        linear.weight.copy_(torch.distributions.StudentT(2.0).sample(linear.weight.shape) * 0.02)
+    x = torch.randn(256, 128)
+    errors = {}
+    for grid in [(1.0,), (1.0, 0.9, 0.8, 0.7)]:
+        model = nn.Sequential(_copy(linear))
+        config = SVDQuantConfig(rank=0, smoothing="off", clip_grid=grid, skip=())
+        if len(grid) > 1:
+            with pytest.raises(ValueError, match="pass calib="):
+                quantize_(_copy(model), config)
+        report = quantize_(model, config, calib=[x])
+        row = report.table().iloc[0]
+        errors[grid] = row["error"]
+        assert row["weight_clip"] in grid
+    assert errors[(1.0, 0.9, 0.8, 0.7)] < errors[(1.0,)]
+    # the layer stores the clipped scales of the residual its own refit left
+    layer = SVDQuantLinear.from_linear(linear, 4, 4, group_size=64, rank=4, refit_iters=2, weight_clip=0.8)
+    residual = linear.weight.detach() - layer.lora_up.float() @ layer.lora_down.float()
+    assert torch.equal(layer.wscales, group_scales(residual, 4, 64, clip=0.8).half())
+    assert float((residual - layer.residual_weight()).norm()) == pytest.approx(min(layer.refit_errors), rel=1e-3)
+    assert SVDQuantConfig(clip_grid=(1.0, 0.9, 0.9)).clip_grid == (1.0, 0.9)
+    assert SVDQuantConfig(clip_grid=(1.0, 0.9)).name.endswith("clip=1/0.9") and "clip" not in SVDQuantConfig().name
+
+
 def test_a_rank_above_the_layer_width_is_capped_at_the_width():
     torch.manual_seed(0)
     linear = nn.Linear(64, 96)
@@ -311,6 +353,19 @@ def test_int8_block_speed_record_on_a_tiny_config():
     rec = int8_block_speed(DIT_LITE_CONFIG, seconds=1.0, rank=8, rounds=1, text_tokens=8)
     assert rec["quantized_layers"] == 10 and rec["relative_error"] < 1e-2
     assert rec["fp32_speedup_vs_baseline"] == 1.0 and rec["int8+lowrank_latency_s_min"] > 0
+
+
+def test_int8_block_speed_times_on_its_own_threads_and_restores_the_callers():
+    from accelerando.bench.quant import int8_block_speed
+    from accelerando.models.stable_audio_lite import DIT_LITE_CONFIG
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rec = int8_block_speed(DIT_LITE_CONFIG, seconds=0.5, rank=4, rounds=1, text_tokens=4, threads=1)
+        assert rec["threads"] == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_fidelity_records_rank_bit_widths_and_restore_the_pipeline():

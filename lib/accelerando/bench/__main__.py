@@ -84,7 +84,7 @@ def quant(args) -> list[dict]:
             records.append(_print({"measure": "weight_bytes", "model": "stable-audio-open:full", "bits": bits,
                                    "method": method, **rec}, args.json))
     if not args.skip_speed:
-        rec = int8_block_speed(TRANSFORMER_CONFIGS["full"], seconds=10.0, rank=args.rank, rounds=args.rounds)
+        rec = int8_block_speed(TRANSFORMER_CONFIGS["full"], seconds=10.0, rank=args.rank, rounds=args.rounds, threads=args.threads)
         records.append(_print({"measure": "int8_block_speed", "model": "stable-audio-open:full", **rec}, args.json))
     corpus = build_corpus(corpus_preset(args.corpus, sample_rate=22050))
     train = [c.caption for c in corpus.filter(split="train")][: args.calib_prompts]

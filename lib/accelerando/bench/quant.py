@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..machine import set_threads
 from ..quant import SVDQuantConfig, SVDQuantLinear, quantize_
 from ..quant.api import default_filter
 from ..quant.baselines import quantize_external
@@ -196,13 +197,25 @@ def kad_vs_reference(generated: dict[str, list[dict[str, np.ndarray]]], referenc
 
 
 def int8_block_speed(transformer_config: dict, *, seconds: float = 10.0, rank: int = 32, rounds: int = 5,
-                     text_tokens: int = 130, seed: int = 0) -> dict:
+                     text_tokens: int = 130, seed: int = 0, threads: int | None = 1) -> dict:
     """Latency of one DiT block (fp32) against the same block on the int8 CPU path, interleaved.
 
     transformer_config: `StableAudioDiTModel` kwargs (the full-size published config for the
     target); the block sees 21.5 frames/s x `seconds` + 1 tokens and `text_tokens` of context.
+    threads: torch threads for the timing (1 by default: two stall whenever another process holds
+    a core); the caller's count is restored afterwards. None times at the count in force.
     Returns compare()'s records for 'fp32' and 'int8+lowrank' with speedup_vs_baseline.
     """
+    before = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        return _int8_block_speed(transformer_config, seconds, rank, rounds, text_tokens, seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _int8_block_speed(transformer_config: dict, seconds: float, rank: int, rounds: int, text_tokens: int,
+                      seed: int) -> dict:
     from diffusers.models.transformers.stable_audio_transformer import StableAudioDiTBlock
 
     c = transformer_config

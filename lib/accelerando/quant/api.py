@@ -6,10 +6,11 @@
     report.table()          # one row per linear: quantized or skipped (and why), alpha, errors
 
 Steps: pick the target linears (every nn.Linear whose name matches no `config.skip` substring and
-passes `filter_fn`); if the config smooths, record their inputs while `calib` runs the
-full-precision model; then, layer by layer, choose the smoothing by the objective, refit the
-low-rank branch, quantize the residual and swap an `SVDQuantLinear` in. Layers that cannot be
-quantized (in_features not a multiple of the group) are skipped and reported, never altered.
+passes `filter_fn`); if the config smooths or searches clipping, record their inputs while `calib`
+runs the full-precision model; then, layer by layer, choose the smoothing and the weight clipping
+(`clip_grid`) by the objective, refit the low-rank branch, quantize the residual and swap an
+`SVDQuantLinear` in. Layers that cannot be quantized (in_features not a multiple of the group) are
+skipped and reported, never altered.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return float(((y - ref) ** 2).sum() / (ref**2).sum().clamp_min(1e-30))
 
 
-def _candidates(config: SVDQuantConfig) -> list[tuple[float, float] | None]:
+def _smoothing_pairs(config: SVDQuantConfig) -> list[tuple[float, float] | None]:
     """(alpha, beta) pairs to try; None means no smoothing."""
     if config.smoothing == "off":
         return [None]
@@ -76,9 +77,14 @@ def _candidates(config: SVDQuantConfig) -> list[tuple[float, float] | None]:
     return [None] + list(dict.fromkeys(pairs))
 
 
+def search_candidates(config: SVDQuantConfig) -> list[tuple[tuple[float, float] | None, float]]:
+    """(smoothing pair, weight clip) candidates: every pair with every clip of `clip_grid`."""
+    return [(pair, clip) for pair in _smoothing_pairs(config) for clip in config.clip_grid]
+
+
 def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuantConfig,
                     audio_score: Callable[[SVDQuantLinear], float] | None = None) -> tuple[SVDQuantLinear, dict]:
-    """Choose the smoothing of one layer, then build it with the full low-rank refit.
+    """Choose the smoothing and weight clipping of one layer, then build it with the full low-rank refit.
 
     Candidates are ranked by the layer's output error on the calibration rows (SVDQuant's
     objective). With `audio_score` (an audio-domain objective: it installs a candidate in the
@@ -95,36 +101,40 @@ def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuan
         ref = x @ w.t() + (0.0 if linear.bias is None else linear.bias.detach().float().cpu())
     cpu_linear = linear if linear.weight.device.type == "cpu" else _cpu_copy(linear)
 
-    def build(pair, iters, rank):
+    def build(candidate, iters, rank):
+        pair, clip = candidate
         lam = None if pair is None else smoothing_factors(stats.absmax, w, *pair)
         return SVDQuantLinear.from_linear(cpu_linear, config.weight_bits, config.act_bits, config.group_size, rank,
                                           smooth=lam, act_shift=shift, act_signed=signed, refit_iters=iters,
-                                          seed=config.seed, backend="reference")  # searches score the reference
+                                          seed=config.seed, backend="reference",  # searches score the reference
+                                          weight_clip=clip)
 
     def score(layer):
         return None if x is None else _relative_error(layer(x), ref)
 
-    candidates = _candidates(config)
+    candidates = search_candidates(config)
     if len(candidates) > 1 and x is None:
-        raise ValueError("smoothing='search' needs calibration inputs: pass calib=")
+        raise ValueError("a smoothing or clipping search needs calibration inputs: pass calib=")
     ranked = [(candidates[0], None)]
     if len(candidates) > 1:  # one refit iteration per candidate keeps the search cheap
         ranked = sorted(((pair, score(build(pair, 1, config.rank))) for pair in candidates), key=lambda t: t[1])
-    best_pair, audio_error = ranked[0][0], None
+    best, audio_error = ranked[0][0], None
     if audio_score is not None and len(ranked) > 1 and config.audio_candidates > 1:  # else nothing to choose
-        tried = [(pair, audio_score(build(pair, 1, config.rank))) for pair, _ in ranked[: config.audio_candidates]]
-        best_pair, audio_error = min(tried, key=lambda t: t[1])
-    layer = build(best_pair, config.refit_iters, config.rank)
+        tried = [(c, audio_score(build(c, 1, config.rank))) for c, _ in ranked[: config.audio_candidates]]
+        best, audio_error = min(tried, key=lambda t: t[1])
+    layer = build(best, config.refit_iters, config.rank)
+    best_pair, best_clip = best
     row = {
         "alpha": None if best_pair is None else best_pair[0],
         "beta": None if best_pair is None else best_pair[1],
+        "weight_clip": best_clip,
         "act_signed": signed,
         "act_shift": shift,
         "rank": layer.rank,  # config.rank, or less where the layer is narrower
         "refit_errors": [round(e, 6) for e in layer.refit_errors],
-        "error_rtn": score(build(None, 0, 0)),
+        "error_rtn": score(build((None, 1.0), 0, 0)),
         "error": score(layer),
-        "layer_rank_of_choice": [p for p, _ in ranked].index(best_pair),
+        "layer_rank_of_choice": [c for c, _ in ranked].index(best),
         "audio_error": audio_error,
         "weight_bytes": layer.weight_bytes(),
         "fp16_bytes": 2 * w.numel() + (0 if linear.bias is None else 2 * linear.bias.numel()),
@@ -191,8 +201,12 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
     if not targets:
         raise ValueError("no linear layer to quantize: every nn.Linear was skipped (see the skip patterns and group_size)")
     if config.needs_calibration and calib is None:
-        raise ValueError(f"smoothing={config.smoothing!r} needs activation statistics: pass calib= "
-                         "(a callable running the model on calibration data), or use smoothing='off'")
+        why = " and ".join(w for w, on in [(f"smoothing={config.smoothing!r}", config.smoothing != "off"),
+                                           (f"clip_grid={config.clip_grid}", len(config.clip_grid) > 1)] if on)
+        undo = " and ".join(u for u, on in [("smoothing='off'", config.smoothing != "off"),
+                                            ("clip_grid=(1.0,)", len(config.clip_grid) > 1)] if on)
+        raise ValueError(f"{why} needs activation statistics: pass calib= (a callable running the model on "
+                         f"calibration data), or use {undo}")
     audio_domain = config.objective in AUDIO_OBJECTIVES
     if audio_domain and (audio_fn is None or calib is None):
         raise ValueError(f"objective={config.objective!r} scores decoded audio: pass audio_fn= (model -> "

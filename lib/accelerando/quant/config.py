@@ -35,8 +35,13 @@ class SVDQuantConfig:
                     SmoothQuant's rule); or "search" (per-layer grid over (alpha, beta) in
                     lambda_j = max|X_j|^alpha / max|W_j|^beta, as SVDQuant).
     alpha_grid      the alphas tried by "search"; each with beta = 1 - alpha and beta = 0.
+    clip_grid       scale factors of each residual group (scale = clip x absmax / qmax), tried per
+                    layer together with the smoothing (1.0 alone: no clipping search). Below 1 the
+                    largest weights saturate and the rest get a finer step. Keep 1.0 in the grid
+                    for "never worse than no clipping" under the layer objective; a grid without
+                    it always clips.
     refit_iters     iterations of L <- SVD_r(W - Q(W - L)); stops early when the error stops falling.
-    objective       what chooses each layer's smoothing: "layer_mse" (SVDQuant's: the layer's
+    objective       what chooses each layer's smoothing and clipping: "layer_mse" (SVDQuant's: the layer's
                     output error on calibration inputs), or a distance between the decoded audio of
                     the model being quantized and the full-precision model's
                     (`accelerando.quant.objectives`, multi-resolution): "stft_magnitude"
@@ -58,6 +63,7 @@ class SVDQuantConfig:
     rank: int = 32
     smoothing: str | float = "search"
     alpha_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    clip_grid: tuple[float, ...] = (1.0,)
     refit_iters: int = 8
     objective: str = "layer_mse"
     audio_candidates: int = 3
@@ -95,18 +101,23 @@ class SVDQuantConfig:
         if self.backend == "int8-cpu" and (self.weight_bits, self.act_bits) != (8, 8):
             raise ValueError("backend='int8-cpu' runs W8A8 only (FBGEMM); set weight_bits=8, act_bits=8")
         self.alpha_grid = tuple(float(a) for a in self.alpha_grid)
+        self.clip_grid = tuple(dict.fromkeys(float(c) for c in self.clip_grid))
+        if not self.clip_grid or not all(0.0 < c <= 1.0 for c in self.clip_grid):
+            raise ValueError(f"clip_grid={self.clip_grid}: fractions of the group's absmax in (0, 1], e.g. (1.0, 0.9, 0.8)")
         self.skip = tuple(self.skip)
 
     @property
     def needs_calibration(self) -> bool:
-        """Smoothing needs activation statistics; without smoothing the quantizer is data-free."""
-        return self.smoothing != "off"
+        """Smoothing, and a clipping search (scored by layer output error), need activation
+        statistics; without either the quantizer is data-free."""
+        return self.smoothing != "off" or len(self.clip_grid) > 1
 
     @property
     def name(self) -> str:
-        """Short label, e.g. 'W4A4 r32 smooth=search'."""
+        """Short label, e.g. 'W4A4 r32 smooth=search' (with ' clip=1/0.9/0.8' when clipping is searched)."""
         a = "16" if self.act_bits is None else str(self.act_bits)
-        return f"W{self.weight_bits}A{a} r{self.rank} smooth={self.smoothing}"
+        clip = "" if self.clip_grid == (1.0,) else f" clip={'/'.join(f'{c:g}' for c in self.clip_grid)}"
+        return f"W{self.weight_bits}A{a} r{self.rank} smooth={self.smoothing}{clip}"
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}

@@ -42,9 +42,10 @@ def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: flo
     return lam.clamp(1e-4, 1e4)
 
 
-def weight_quant_error(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """weight - Q(weight): what round-to-nearest leaves [out, in]."""
-    return weight - fake_quantize(weight, bits, group_size)
+def weight_quant_error(weight: torch.Tensor, bits: int, group_size: int, clip: float = 1.0) -> torch.Tensor:
+    """weight - Q(weight): what round-to-nearest (with the groups' range clipped to `clip` x
+    absmax) leaves [out, in]."""
+    return weight - fake_quantize(weight, bits, group_size, clip=clip)
 
 
 def _svd_r(a: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,26 +63,27 @@ def _svd_r(a: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def lowrank_refit(weight: torch.Tensor, rank: int, bits: int, group_size: int, iters: int = 8,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+                  seed: int = 0, clip: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Low-rank factors (up [out, r], down [r, in]) for `weight` [out, in] so that
     weight - up @ down quantizes well: start from SVD_r(W), then L <- SVD_r(W - Q(W - L)),
     keeping the best L by ||W - L - Q(W - L)||_F (so the error never increases) and stopping
     when an iteration does not improve it. Returns the factors and the error after each try.
-    Factors are rounded to fp16 (their storage) before the error is measured.
+    Factors are rounded to fp16 (their storage) before the error is measured. Q clips each
+    group's range to `clip` x absmax (1: none).
     """
     w = weight.float()
     if rank == 0:
         empty_up, empty_down = w.new_zeros(w.shape[0], 0), w.new_zeros(0, w.shape[1])
-        return empty_up, empty_down, [float(weight_quant_error(w, bits, group_size).norm())]
+        return empty_up, empty_down, [float(weight_quant_error(w, bits, group_size, clip).norm())]
 
     def error(up, down):
-        return float(weight_quant_error(w - up @ down, bits, group_size).norm())
+        return float(weight_quant_error(w - up @ down, bits, group_size, clip).norm())
 
     up, down = (f.half().float() for f in _svd_r(w, rank, seed))
     best, errors = (up, down), [error(up, down)]
     for i in range(iters):
         residual_q = w - up @ down
-        residual_q = residual_q - weight_quant_error(residual_q, bits, group_size)  # Q(W - L)
+        residual_q = residual_q - weight_quant_error(residual_q, bits, group_size, clip)  # Q(W - L)
         up, down = (f.half().float() for f in _svd_r(w - residual_q, rank, seed + i + 1))
         errors.append(error(up, down))
         if errors[-1] < min(errors[:-1]):
@@ -131,18 +133,19 @@ class SVDQuantLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, weight_bits: int = 4, act_bits: int | None = 4, group_size: int = 64,
                     rank: int = 32, smooth: torch.Tensor | None = None, act_shift: float = 0.0,
                     act_signed: bool = True, refit_iters: int = 8, seed: int = 0,
-                    backend: str = "reference") -> "SVDQuantLinear":
+                    backend: str = "reference", weight_clip: float = 1.0) -> "SVDQuantLinear":
         """Quantize `linear` with smoothing factors `smooth` [in] (None: no smoothing). Unsigned
-        activation codes (`act_signed=False`) need inputs >= -act_shift."""
+        activation codes (`act_signed=False`) need inputs >= -act_shift. `weight_clip` < 1 clips
+        each residual group's range to that fraction of its absmax (the refit sees the same Q)."""
         w = linear.weight.detach().float()
         out_f, in_f = w.shape
         layer = cls(in_f, out_f, weight_bits, act_bits, group_size, rank, act_shift=act_shift,
                     act_signed=act_signed, backend=backend)
         lam = torch.ones(in_f) if smooth is None else smooth.detach().float().cpu()
         w_s = w.cpu() * lam  # W diag(lambda)
-        up, down, errors = lowrank_refit(w_s, rank, weight_bits, group_size, refit_iters, seed)
+        up, down, errors = lowrank_refit(w_s, rank, weight_bits, group_size, refit_iters, seed, weight_clip)
         residual = w_s - up @ down
-        scale = group_scales(residual, weight_bits, group_size).half().float()  # as stored
+        scale = group_scales(residual, weight_bits, group_size, clip=weight_clip).half().float()  # as stored
         q, _ = quantize_groups(residual, weight_bits, group_size, scale=scale)
         bias = torch.zeros(out_f) if linear.bias is None else linear.bias.detach().float().cpu()
         if act_shift:  # W' (x + c) = W' x + c W' 1, with W' the weight the layer really applies

@@ -38,12 +38,18 @@ def _grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.reshape(*x.shape[:-1], n // group_size, group_size)
 
 
-def group_scales(x: torch.Tensor, bits: int, group_size: int, signed: bool = True) -> torch.Tensor:
-    """Scales [..., n // group_size] of the symmetric (signed) or max-based (unsigned) quantizer."""
+def group_scales(x: torch.Tensor, bits: int, group_size: int, signed: bool = True, clip: float = 1.0) -> torch.Tensor:
+    """Scales [..., n // group_size] of the symmetric (signed) or max-based (unsigned) quantizer.
+    `clip` < 1 shrinks the scale to clip x absmax / qmax: values beyond the code range
+    [qmin, qmax] x scale saturate, the rest get a finer step (the clipping searched by
+    `SVDQuantConfig.clip_grid`). Signed codes reach one step further below zero (-8 at 4 bits), so
+    the most negative weights saturate only once clip < qmax / (qmax + 1)."""
+    if not 0.0 < clip <= 1.0:
+        raise ValueError(f"clip={clip}: a fraction of the group's absmax in (0, 1]")
     g = _grouped(x.float(), group_size)
     qmin, qmax = qrange(bits, signed)
     top = g.abs().amax(-1) if signed else g.clamp_min(0).amax(-1)
-    scale = top / qmax
+    scale = top * clip / qmax if clip != 1.0 else top / qmax
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
@@ -65,9 +71,9 @@ def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, group_size: int) -> 
     return (_grouped(q.float(), group_size) * scale[..., None]).reshape(q.shape)
 
 
-def fake_quantize(x: torch.Tensor, bits: int, group_size: int, signed: bool = True) -> torch.Tensor:
+def fake_quantize(x: torch.Tensor, bits: int, group_size: int, signed: bool = True, clip: float = 1.0) -> torch.Tensor:
     """Quantize then dequantize (fp32, same shape): what a layer sees of x after quantization."""
-    q, scale = quantize_groups(x, bits, group_size, signed)
+    q, scale = quantize_groups(x, bits, group_size, signed, scale=group_scales(x, bits, group_size, signed, clip))
     return dequantize_groups(q, scale, group_size)
 
 
