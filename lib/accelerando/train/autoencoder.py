@@ -17,8 +17,10 @@ Known limit at this budget: the decoder learns the spectral envelope, not the no
 repeats every hop (1024 samples), so its partials sit on multiples of the 21.5 Hz frame rate
 whatever the input (`accelerando.metrics.artifacts.frame_comb_fraction`, logged at every
 validation as `frame_comb`; Chapter 3 measures 0.12 on the test clips and 0.93 on the committed
-checkpoint's reconstructions, 0.19 being chance). Neither alternative loss moved it in 16-minute pilots, nor did overfitting one
-clip for 300 steps. Crops are random windows of the training clips (22.05 kHz mono), near-silent ones
+checkpoint's reconstructions, 0.19 being chance). Neither alternative loss moved it in 16-minute
+pilots, nor did overfitting one clip for 647 steps (checkpoints/README.md lists the pilots).
+
+Crops are random windows of the training clips (22.05 kHz mono), near-silent ones
 redrawn. Every `val_every` steps the posterior mean of fixed validation excerpts is decoded and
 scored with `accelerando.metrics` (mrstft_distance, si_sdr). The run stops at `minutes` of wall
 clock (or `max_steps`) and writes, into `out`: autoencoder_lite.safetensors (fp16), config.json
@@ -124,11 +126,14 @@ def mrstft_loss(x: torch.Tensor, x_hat: torch.Tensor, windows: tuple[int, ...]) 
     for win in windows:
         window = torch.hann_window(win, device=x.device, dtype=x.dtype)
         spec = lambda s: torch.stft(s, win, win // 4, win, window=window, return_complex=True).abs()  # noqa: E731
-        y, y_hat = spec(x), spec(x_hat)  # [B*C, bins, frames]
-        sc = torch.linalg.norm(y - y_hat) / torch.linalg.norm(y).clamp_min(1e-7)
-        log_mag = (torch.log(y.clamp_min(1e-5)) - torch.log(y_hat.clamp_min(1e-5))).abs().mean()
-        total = total + sc + log_mag
+        total = total + _sc_plus_log(spec(x), spec(x_hat), torch.log)  # [B*C, bins, frames]
     return total / len(windows)
+
+
+def _sc_plus_log(y: torch.Tensor, y_hat: torch.Tensor, log) -> torch.Tensor:
+    """Spectral convergence + mean |log y - log y_hat| of two magnitude spectrograms (floored at 1e-5)."""
+    sc = torch.linalg.norm(y - y_hat) / torch.linalg.norm(y).clamp_min(1e-7)
+    return sc + (log(y.clamp_min(1e-5)) - log(y_hat.clamp_min(1e-5))).abs().mean()
 
 
 MEL_WINDOWS = ((32, 5), (64, 10), (128, 20), (256, 40), (512, 80), (1024, 160), (2048, 320))  # (FFT, bands), DAC's
@@ -145,9 +150,7 @@ def mel_loss(x: torch.Tensor, x_hat: torch.Tensor, sr: int) -> torch.Tensor:
         basis = torch.from_numpy(_mel_basis(sr, win, bands)).to(x)
         window = torch.hann_window(win, device=x.device, dtype=x.dtype)
         mel = lambda s: basis @ torch.stft(s, win, win // 4, win, window=window, return_complex=True).abs()  # noqa: E731
-        y, y_hat = mel(x), mel(x_hat)
-        sc = torch.linalg.norm(y - y_hat) / torch.linalg.norm(y).clamp_min(1e-7)
-        total = total + sc + (torch.log10(y.clamp_min(1e-5)) - torch.log10(y_hat.clamp_min(1e-5))).abs().mean()
+        total = total + _sc_plus_log(mel(x), mel(x_hat), torch.log10)
     return total / len(MEL_WINDOWS)
 
 
