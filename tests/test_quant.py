@@ -385,6 +385,37 @@ def test_fidelity_records_rank_bit_widths_and_restore_the_pipeline():
     assert mean("w8a8", "complex_mrstft") < mean("w4a4", "complex_mrstft")
 
 
+def test_fidelity_rescores_the_confirmed_configs_on_fresh_prompts_and_noise():
+    from accelerando.bench.quant import fidelity_to_full_precision
+    from accelerando.metrics import get_embedding
+    from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
+    from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite
+
+    pipe = build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
+    configs = {"w8a8": preset("rtn", 8, 8, group_size=16), "w4a4": preset("rtn", 4, 4, group_size=16)}
+    kw = dict(steps=2, seconds=0.5, calib_steps=1, calib_seconds=0.25, keep_audio=3,
+              embedders={"mel-stats": get_embedding("mel-stats")})
+    plain = list(fidelity_to_full_precision(pipe, configs, ["a folk song"], ["a chorale", "a march"], **kw))
+    rows = list(fidelity_to_full_precision(pipe, configs, ["a folk song"], ["a chorale", "a march"],
+                                           confirm_prompts=["a reel", "a waltz", "a chorale"], confirm=["w4a4"], **kw))
+    evals = {(r["method"], r["prompt"]): r for r in rows if r["prompt_set"] == "eval"}
+    confirms = {(r["method"], r["prompt"]): r for r in rows if r["prompt_set"] == "confirm"}
+    assert {k: r["mrstft"] for k, r in evals.items()} == {(r["method"], r["prompt"]): r["mrstft"] for r in plain}
+    assert all("audio" in r and "embeddings" in r for r in evals.values())
+    assert sorted(confirms) == [("w4a4", i) for i in range(3)]
+    assert all("audio" not in r and "embeddings" not in r for r in confirms.values())
+    # the confirmation's third prompt repeats the first evaluation prompt, from other noise
+    assert 0 < confirms["w4a4", 2]["mrstft"] != evals["w4a4", 0]["mrstft"]
+    with pytest.raises(ValueError, match=r"confirm names \['w2a2'\]"):
+        next(fidelity_to_full_precision(pipe, configs, ["a folk song"], ["a chorale"], confirm_prompts=["a reel"],
+                                        confirm=["w2a2"], steps=2, seconds=0.5))
+    with pytest.raises(ValueError, match="confirm_prompts is empty"):
+        next(fidelity_to_full_precision(pipe, configs, ["a folk song"], ["a chorale"], confirm=["w4a4"], steps=2, seconds=0.5))
+    with pytest.raises(TypeError, match="collection of config names"):
+        next(fidelity_to_full_precision(pipe, configs, ["a folk song"], ["a chorale"], confirm_prompts=["a reel"],
+                                        confirm="w4a4", steps=2, seconds=0.5))
+
+
 def test_fidelity_records_carry_embeddings_for_kad_against_the_test_set():
     import numpy as np
 

@@ -10,7 +10,8 @@
   transformer per config (calibrated on one set of prompts), generate another set of prompts from
   the same noise as the full-precision model, and score each clip against its full-precision twin
   (MR-STFT, complex MR-STFT, SI-SDR, LSD); with `embedders`, each clip's embeddings too, for
-  `kad_vs_reference` (KAD of each method's clips against the test set's audio).
+  `kad_vs_reference` (KAD of each method's clips against the test set's audio); with `confirm`,
+  the named configs are scored again on fresh prompts and noise, to re-test a comparison.
 - `int8_block_speed(...)`: one full-size DiT block, fp32 against the same block with its linears
   on the int8 CPU path (FBGEMM) plus the low-rank branch, interleaved on the same thread count.
 - `family_audit(rows, clips, ...)`: the fidelity records regrouped by the instrument family and
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
                                eval_prompts: list[str], *, steps: int = 25, seconds: float = 4.0,
                                calib_steps: int = 8, calib_seconds: float = 2.0, guidance_scale: float = 6.0,
                                batch_size: int = 8, seed: int = 0, keep_audio: int = 0,
-                               embedders: dict | None = None) -> Iterator[dict]:
+                               embedders: dict | None = None, confirm_prompts: Sequence[str] = (),
+                               confirm: Collection[str] = ()) -> Iterator[dict]:
     """Per config and evaluation prompt, one record of fidelity to the full-precision output.
 
     A config is an `SVDQuantConfig` or the name of an external weight-only baseline
@@ -125,12 +127,28 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
     numpy) and "sr", for listening. With `embedders` ({name: metrics Embedding}) every record
     carries "embeddings" and "reference_embeddings" ({name: [dim] vector}, the clip's windows
     averaged) of the quantized and the full-precision clip.
+
+    A comparison found on `eval_prompts` is re-tested on fresh ones with `confirm` (names of
+    configs) and `confirm_prompts`: those configs also generate these prompts, from other noise
+    (seeds from seed + 20_000), and score them against full precision the same way. Their records
+    carry prompt_set "confirm" (every other record "eval"), a prompt index into `confirm_prompts`,
+    and neither audio nor embeddings.
     """
+    if isinstance(confirm, str):
+        raise TypeError(f"confirm is a collection of config names; got the string {confirm!r}: pass [{confirm!r}]")
+    unknown = sorted(set(confirm) - set(configs))
+    if unknown:
+        raise ValueError(f"confirm names {unknown}, which are not among the configs {list(configs)}")
+    if confirm and not confirm_prompts:
+        raise ValueError("confirm names configs but confirm_prompts is empty: pass the fresh prompts to re-test on")
     render_eval = partial(render_all, pipe, seconds=seconds, steps=steps, guidance_scale=guidance_scale,
                           batch_size=batch_size, seed=seed)
+    render_confirm = partial(render_all, pipe, list(confirm_prompts), seconds=seconds, steps=steps,
+                             guidance_scale=guidance_scale, batch_size=batch_size, seed=seed + 20_000)
 
     original = pipe.transformer
     reference, sr = render_eval(eval_prompts)
+    confirm_reference = render_confirm()[0] if confirm else None
     embed = partial(_embed_clips, sr=sr, embedders=embedders or {})
     reference_embeddings = embed(reference)
     for method, config in configs.items():
@@ -146,18 +164,21 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
                 quantized = quantize_(dit, config, calib=calib, audio_fn=audio_fn).quantized
             spent = time.perf_counter() - start
             audio, _ = render_eval(eval_prompts)
+            confirm_audio = render_confirm()[0] if method in confirm else None
         finally:
             pipe.transformer = original
         embeddings = embed(audio)
+        common = {"method": method, "config": getattr(config, "name", config),
+                  "objective": getattr(config, "objective", None)}
+        after = {"quantize_seconds": spent, "quantized_layers": len(quantized)}
         for i, (ref, gen) in enumerate(zip(reference.numpy(), audio.numpy())):
             extra = {"audio": gen, "reference_audio": ref, "sr": sr} if i < keep_audio else {}
             if embedders:
                 extra |= {"embeddings": embeddings[i], "reference_embeddings": reference_embeddings[i]}
-            yield extra | {
-                "method": method, "config": getattr(config, "name", config),
-                "objective": getattr(config, "objective", None), "prompt": i,
-                **fidelity_scores(ref, gen, sr), "quantize_seconds": spent, "quantized_layers": len(quantized),
-            }
+            yield extra | common | {"prompt_set": "eval", "prompt": i, **fidelity_scores(ref, gen, sr), **after}
+        if confirm_audio is not None:
+            for i, (ref, gen) in enumerate(zip(confirm_reference.numpy(), confirm_audio.numpy())):
+                yield common | {"prompt_set": "confirm", "prompt": i, **fidelity_scores(ref, gen, sr), **after}
 
 
 def _embed_clips(audio: torch.Tensor, sr: int, embedders: dict) -> list[dict[str, np.ndarray]]:
