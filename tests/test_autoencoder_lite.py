@@ -21,7 +21,8 @@ from accelerando.models.autoencoder_lite import (
     load_autoencoder_lite,
     save_autoencoder_lite,
 )
-from accelerando.train.autoencoder import TrainConfig, complex_loss, loss_terms, mel_loss, mrstft_loss, random_crops
+from accelerando.train.autoencoder import (TrainConfig, bake_balanced_upsamplers, balance_polyphase, balance_upsamplers,
+                                           complex_loss, loss_terms, mel_loss, mrstft_loss, random_crops, train)
 
 TINY = AUTOENCODER_TINY_CONFIG
 
@@ -148,3 +149,54 @@ def test_loss_options_add_their_terms_and_unknown_ones_are_refused():
         TrainConfig(recon_loss="magnitude")
     with pytest.raises(ValueError, match="complex_weight"):
         TrainConfig(complex_weight=-1.0)
+
+
+def test_balanced_upsamplers_turn_a_constant_latent_into_a_constant_output(tmp_path):
+    vae = build_autoencoder_lite(TINY, seed=0).eval()
+    z = torch.randn(1, TINY["decoder_input_channels"], 1, generator=torch.Generator().manual_seed(0)).repeat(1, 1, 48)
+    middle = slice(20 * hop_length(TINY), 28 * hop_length(TINY))  # away from the zero padding at the ends
+
+    def periodic_part(model):
+        with torch.no_grad():
+            y = model.decode(z).sample[0, 0, middle]
+        return float((y - y.mean()).abs().max()), y
+
+    plain, _ = periodic_part(vae)
+    assert plain > 1e-3  # the stock upsamplers turn the constant into a pattern repeating every hop
+    handles = balance_upsamplers(vae)
+    balanced, y_hooked = periodic_part(vae)
+    assert balanced < 1e-4 * plain
+
+    bake_balanced_upsamplers(vae)
+    for handle in handles:
+        handle.remove()
+    assert torch.allclose(periodic_part(vae)[1], y_hooked, atol=1e-5)  # the weights now hold the projection
+    save_autoencoder_lite(vae, tmp_path / "ae")
+    plain_again = load_autoencoder_lite(tmp_path / "ae", expect_config=TINY).eval()  # a stock AutoencoderOobleck
+    assert periodic_part(plain_again)[0] < 1e-2 * plain  # fp16 storage rounds the balance, barely
+
+    w = torch.randn(3, 2, 8)
+    b = balance_polyphase(w, 4)
+    sums = b[..., :4] + b[..., 4:]
+    assert torch.allclose(sums, sums[..., :1].expand_as(sums), atol=1e-6)
+    assert torch.allclose(balance_polyphase(b, 4), b, atol=1e-6)  # a projection
+    with pytest.raises(ValueError, match="kernel = 2 x stride"):
+        balance_polyphase(torch.randn(3, 2, 6), 4)
+
+
+def test_training_with_balanced_upsamplers_from_a_checkpoint(tmp_path):
+    from accelerando.data import build_corpus, preset
+
+    corpus = build_corpus(preset("tiny", sample_rate=22050))
+    save_autoencoder_lite(build_autoencoder_lite(TINY, seed=3), tmp_path / "start")
+    cfg = TrainConfig(model="tiny", out=str(tmp_path / "out"), max_steps=2, batch_size=1, crop_samples=4096,
+                      val_clips=1, val_seconds=2.0, balanced_upsamplers=True, init_from=str(tmp_path / "start"))
+    log = train(cfg, corpus=corpus)
+    assert log["throughput"]["steps"] == 2 and log["settings"]["init_from"] == str(tmp_path / "start")
+    vae = load_autoencoder_lite(tmp_path / "out", expect_config=TINY)
+    for block in vae.decoder.block:
+        if hasattr(block, "conv_t1"):
+            conv, s = block.conv_t1, block.conv_t1.stride[0]
+            w = conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(1, 2), keepdim=True)  # as loaded
+            sums = w[..., :s] + w[..., s:]
+            assert torch.allclose(sums, sums.mean(-1, keepdim=True), atol=2e-3 * float(sums.abs().max()))

@@ -13,12 +13,23 @@ bands (DAC's multi-scale mel loss, Kumar et al. 2023: windows 32 ... 2048 with 5
 and `complex_weight` adds an L1 on power-law compressed complex STFTs (|X|^0.3 e^{i phase}), which
 scores phase as well as magnitude.
 
-Known limit at this budget: the decoder learns the spectral envelope, not the notes. Its output
-repeats every hop (1024 samples), so its partials sit on multiples of the 21.5 Hz frame rate
-whatever the input (`accelerando.metrics.artifacts.frame_comb_fraction`, logged at every
-validation as `frame_comb`; Chapter 3 measures 0.12 on the test clips and 0.93 on the committed
-checkpoint's reconstructions, 0.19 being chance). Neither alternative loss moved it in 16-minute
-pilots, nor did overfitting one clip for 647 steps (checkpoints/README.md lists the pilots).
+Known limit of the committed checkpoint: its output repeats every hop (1024 samples), so its
+partials sit on multiples of the 21.5 Hz frame rate whatever the input
+(`accelerando.metrics.artifacts.frame_comb_fraction`, logged at every validation as
+`frame_comb`; Chapter 3 measures 0.12 on the test clips and 0.93 on its reconstructions, 0.19
+being chance). Neither alternative loss moved it, nor did overfitting one clip (checkpoints/
+README.md lists the pilots). The cause is the decoder's upsamplers: a ConvTranspose1d of stride s
+and kernel 2s turns a constant input (Snake's outputs have a DC part) into a period-s pattern
+unless, for every output phase j, its taps w[j] + w[j + s] sum to the same value; chained, the
+patterns repeat every hop ("tonal artifacts", Pons et al. 2021, arXiv:2010.14356). Projecting the
+committed decoder's upsamplers onto equal sums, with no training, takes the comb from 0.95 to 0.10
+on 12 test clips (the music's own is 0.11). `balanced_upsamplers` trains with that constraint in
+force: a forward hook projects each upsampler's weight at every call (gradients flow through the
+projection), and the saved weights are the projected ones, so the checkpoint loads in a plain
+`AutoencoderOobleck`. `init_from` starts from a saved checkpoint instead of the seeded init.
+Trained so for 25 minutes, the comb stays at 0.00 but chroma and key remain near chance and the
+MR-STFT distance is worse than the committed run's (checkpoints/README.md): it removes the
+artifact, not the need for a longer run.
 
 Crops are random windows of the training clips (22.05 kHz mono), near-silent ones
 redrawn. Every `val_every` steps the posterior mean of fixed validation excerpts is decoded and
@@ -45,6 +56,7 @@ from ..models.autoencoder_lite import (
     AUTOENCODER_TINY_CONFIG,
     build_autoencoder_lite,
     hop_length,
+    load_autoencoder_lite,
     save_autoencoder_lite,
 )
 
@@ -66,6 +78,8 @@ class TrainConfig:
     stft_windows: tuple[int, ...] = (2048, 1024, 512, 256, 128, 64)
     recon_loss: str = "mrstft"  # "mrstft" (SC + log magnitude on linear bins) or "mel" (DAC's multi-scale mel); logged as "stft"
     complex_weight: float = 0.0  # weight of the compressed complex STFT L1 (0 = off); logged as "complex"
+    balanced_upsamplers: bool = False  # constrain the decoder's ConvTranspose1d taps so a constant input cannot turn periodic
+    init_from: str = ""  # a saved autoencoder-lite directory to start from (same config); "": the seeded init
     l1_weight: float = 0.1  # small waveform term: anchors phase/DC that magnitude losses ignore
     kl_weight: float = 1e-4  # Stable Audio's
     val_every: int = 100
@@ -172,6 +186,50 @@ def complex_loss(x: torch.Tensor, x_hat: torch.Tensor, windows: tuple[int, ...] 
     return total / len(windows)
 
 
+# ---------------------------------------------------------------------------------------------
+# Upsamplers without tonal artifacts: equal polyphase sums
+# ---------------------------------------------------------------------------------------------
+
+
+def balance_polyphase(weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """A ConvTranspose1d weight [in, out, 2 x stride] with, for every output phase j < stride, the
+    same tap sum w[..., j] + w[..., j + stride] (their mean over j): a constant input then gives a
+    constant output. The nearest such weight (each pair moved by half its sum's excess)."""
+    if weight.shape[-1] != 2 * stride:
+        raise ValueError(f"kernel {weight.shape[-1]} with stride {stride}: the projection is for kernel = 2 x stride "
+                         "(Oobleck's upsamplers)")
+    sums = weight[..., :stride] + weight[..., stride:]
+    excess = (sums - sums.mean(-1, keepdim=True)) / 2
+    return torch.cat([weight[..., :stride] - excess, weight[..., stride:] - excess], -1)
+
+
+def _upsamplers(vae) -> list[torch.nn.ConvTranspose1d]:
+    convs = [block.conv_t1 for block in vae.decoder.block if hasattr(block, "conv_t1")]
+    if any(not hasattr(conv, "weight_v") for conv in convs):
+        # the hook below overwrites the weight that torch.nn.utils.weight_norm computes before each call
+        raise TypeError("the decoder's upsamplers are not under torch.nn.utils.weight_norm (weight_g, weight_v), "
+                        "which balanced_upsamplers builds on; pin the diffusers version this project records")
+    return convs
+
+
+def balance_upsamplers(vae) -> list:
+    """Constrain every decoder upsampler of `vae` (an AutoencoderOobleck) to `balance_polyphase`
+    at each forward call, differentiably; returns the hook handles (`.remove()` undoes it)."""
+    return [conv.register_forward_pre_hook(lambda m, _, s=conv.stride[0]: setattr(m, "weight", balance_polyphase(m.weight, s)))
+            for conv in _upsamplers(vae)]
+
+
+@torch.no_grad()
+def bake_balanced_upsamplers(vae) -> None:
+    """Write the projected weights into weight_g and weight_v, so that `vae` without the hooks
+    (a plain AutoencoderOobleck, e.g. after saving and loading) computes what it did with them."""
+    for conv in _upsamplers(vae):
+        weight = balance_polyphase(conv.weight_v * (conv.weight_g / conv.weight_v.norm(dim=(1, 2), keepdim=True)),
+                                   conv.stride[0])
+        conv.weight_v.copy_(weight)
+        conv.weight_g.copy_(weight.norm(dim=(1, 2), keepdim=True))
+
+
 def loss_terms(vae, x: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Encode, sample the posterior, decode; the loss and its terms."""
     posterior = vae.encode(x).latent_dist
@@ -242,7 +300,12 @@ def train(cfg: TrainConfig, corpus=None, command: str | None = None) -> dict:
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    vae = build_autoencoder_lite(model_config, seed=cfg.seed).train()
+    if cfg.init_from:
+        vae = load_autoencoder_lite(cfg.init_from, expect_config=model_config).train()
+    else:
+        vae = build_autoencoder_lite(model_config, seed=cfg.seed).train()
+    if cfg.balanced_upsamplers:
+        balance_upsamplers(vae)
     n_params = sum(p.numel() for p in vae.parameters())
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     # Linear warm-up, then cosine decay to 10% over the expected number of steps (re-estimated
@@ -311,6 +374,8 @@ def train(cfg: TrainConfig, corpus=None, command: str | None = None) -> dict:
         "audio_seconds_per_step": cfg.batch_size * cfg.crop_samples / sr,
     }
     out = Path(cfg.out)
+    if cfg.balanced_upsamplers:
+        bake_balanced_upsamplers(vae)
     save_autoencoder_lite(
         vae, out, extra={"trained": {"steps": step, "val_mrstft": final["mrstft"], "val_si_sdr": final["si_sdr"]}}
     )
