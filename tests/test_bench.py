@@ -90,3 +90,16 @@ def test_cli_quant_refuses_the_published_model_without_weights_and_qat_on_it():
     assert out.returncode == 2 and "needs --weights DIR" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run(base + ["--weights", "/nowhere", "--qat"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "run it with --model stable-audio-lite" in out.stderr
+
+
+def test_cli_quant_counts_the_compact_storage_of_the_full_size_dit():
+    base = [sys.executable, "-m", "accelerando.bench", "quant", "--skip-speed", "--skip-fidelity", "--methods",
+            "svdquant", "--bits", "w4a4", "--corpus", "tiny", "--json"]
+    ratios = {}
+    for flags in ([], ["--scale-format", "fp8", "--lowrank-bits", "8"]):
+        out = subprocess.run(base + flags, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        rec = next(json.loads(line) for line in out.stdout.splitlines() if line.startswith("{"))
+        assert rec["measure"] == "weight_bytes" and rec["quantized_layers"] == 240
+        ratios[rec["scale_format"], rec["lowrank_bits"]] = rec["ratio"]
+    assert ratios["fp8", 8] > ratios["fp16", 16] > 3  # fewer bytes for the same layers

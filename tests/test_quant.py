@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -95,6 +98,67 @@ def test_lowrank_refit_never_increases_the_error():
     assert min(errors) <= errors[0]
     plain = float((w - fake_quantize(w, 4, 64)).norm())
     assert final < plain  # the branch took the outlier out of the quantized residual
+
+
+def test_compact_storage_rounds_scales_and_factors_within_their_precision():
+    from accelerando.quant.primitives import decode_factor, decode_scales, encode_factor, encode_scales
+
+    g = torch.Generator().manual_seed(4)
+    scale = torch.rand(6, 8, generator=g) * 0.05 + 1e-4
+    scale[2, :3] = 1e-9  # far below the e4m3 range under this tensor's scale
+    codes, tensor = encode_scales(scale, "fp8")
+    assert codes.dtype == torch.float8_e4m3fn and tensor.dtype == torch.float32 and tensor.dim() == 0
+    assert 224 < float(codes.float().max()) <= 448 and math.log2(float(tensor)).is_integer()
+    back = decode_scales(codes, tensor)
+    # e4m3 keeps 3 mantissa bits: relative error <= 2^-4 in its normal range (codes >= 2^-6)
+    normal = scale / tensor >= 2**-6
+    assert normal.sum() > 40 and ((back - scale).abs() <= scale * 2**-4)[normal].all()
+    assert (back > 0).all()  # a scale never rounds to zero
+    assert torch.equal(decode_scales(*encode_scales(scale, "fp16")), scale.half().float())
+    f = torch.randn(5, 40, generator=g) * torch.linspace(4, 0.1, 40)  # columns of decreasing size
+    f[:, 3] = 0.0
+    q, fs = encode_factor(f, 8, dim=0)  # one scale per column (a rank component of lora_up [out, r])
+    assert q.dtype == torch.int8 and fs.dtype == torch.float16 and fs.shape == (40,) and q.abs().max() <= 127
+    err = (decode_factor(q, fs, 0) - f).abs()
+    assert (err <= fs.float()[None, :] / 2 + 1e-7).all() and err[:, 3].max() == 0
+    assert err[:, -1].max() < err[:, 0].max() / 10  # small components keep their own resolution
+    with pytest.raises(ValueError, match="scale format"):
+        encode_scales(scale, "fp4")
+    with pytest.raises(ValueError, match="low-rank bits"):
+        encode_factor(f, 4, 0)
+
+
+def test_compact_storage_layer_stores_fewer_bytes_and_stays_close_to_fp16_storage():
+    torch.manual_seed(6)
+    linear = nn.Linear(256, 192)
+    with torch.no_grad():
+        linear.weight[:, 7] *= 20  # an outlier column for the branch to take
+    x = torch.randn(64, 256)
+    with torch.no_grad():
+        ref = linear(x)
+    plain = SVDQuantLinear.from_linear(linear, 4, 4, 64, rank=16)
+    compact = SVDQuantLinear.from_linear(linear, 4, 4, 64, rank=16, scale_format="fp8", lowrank_bits=8)
+    assert compact.wscales.dtype == torch.float8_e4m3fn and compact.lora_up.dtype == torch.int8
+    # fp8 scales: one byte per group instead of two, plus one fp32 scale; int8 factors: one byte
+    # per entry instead of two, plus an fp16 scale per rank component of each factor
+    saved = 192 * 4 - 4 + 16 * (256 + 192) - 2 * (16 + 16)
+    assert plain.weight_bytes() - compact.weight_bytes() == saved
+    # the codes are those of the residual under the scales as stored (not the unrounded ones)
+    up, down = compact.lowrank_factors()
+    residual = linear.weight.detach() - up @ down
+    assert torch.equal(compact.weight_codes(), quantize_groups(residual, 4, 64, scale=compact.weight_scales())[0])
+    unrounded = group_scales(residual, 4, 64)
+    assert not torch.equal(compact.weight_codes(), quantize_groups(residual, 4, 64, scale=unrounded)[0])
+    e_plain, e_compact = _rel(plain(x), ref), _rel(compact(x), ref)
+    assert e_compact < 1.25 * e_plain  # compact storage costs little against the 4-bit rounding itself
+    assert not torch.equal(compact(x), plain(x))  # and it is another layer, not the same one relabelled
+    with pytest.raises(ValueError, match="scale_format"):
+        SVDQuantConfig(scale_format="fp4")
+    with pytest.raises(ValueError, match="lowrank_bits"):
+        SVDQuantConfig(lowrank_bits=4)
+    assert SVDQuantConfig(scale_format="fp8", lowrank_bits=8).name == "W4A4 r32 smooth=search scales=fp8 branch=int8"
+    empty = SVDQuantLinear.from_linear(linear, 4, 4, 64, rank=0, lowrank_bits=8)  # no branch: nothing to scale
+    assert empty.weight_bytes() == SVDQuantLinear.from_linear(linear, 4, 4, 64, rank=0).weight_bytes()
 
 
 def test_clipping_saturates_the_largest_weights_and_refuses_bad_fractions():
@@ -247,16 +311,26 @@ def test_groups_that_do_not_divide_are_skipped_not_broken(tiny_dit):
     assert isinstance(dit.transformer_blocks[0].attn1.to_q, SVDQuantLinear)
 
 
-def test_save_load_round_trip_is_identical_and_refuses_another_config(tmp_path, tiny_dit):
+@pytest.mark.parametrize("storage", [{}, {"scale_format": "fp8", "lowrank_bits": 8}])
+def test_save_load_round_trip_is_identical_and_refuses_another_config(tmp_path, tiny_dit, storage):
     from diffusers import StableAudioDiTModel
 
     dit = _copy(tiny_dit)
-    quantize_(dit, SVDQuantConfig(group_size=16, rank=4, smoothing=0.5), calib=[_dit_inputs(tiny_dit)])
+    quantize_(dit, SVDQuantConfig(group_size=16, rank=4, smoothing=0.5, **storage), calib=[_dit_inputs(tiny_dit)])
     save_quantized(dit, tmp_path / "q")
     fresh = StableAudioDiTModel(**tiny_dit.config)  # other random weights: all replaced on load
     load_quantized(fresh, tmp_path / "q")
     with torch.no_grad():
         assert torch.equal(fresh(**_dit_inputs(tiny_dit))[0], dit(**_dit_inputs(tiny_dit))[0])
+    if not storage:  # a save from before the storage options (format 1) still loads, as fp16 storage
+        meta = json.loads((tmp_path / "q" / "quantization.json").read_text())
+        meta["format"] = 1
+        for layer in meta["layers"].values():
+            del layer["scale_format"], layer["lowrank_bits"]
+        (tmp_path / "q" / "quantization.json").write_text(json.dumps(meta))
+        older = load_quantized(StableAudioDiTModel(**tiny_dit.config), tmp_path / "q")
+        with torch.no_grad():
+            assert torch.equal(older(**_dit_inputs(tiny_dit))[0], dit(**_dit_inputs(tiny_dit))[0])
     other = StableAudioDiTModel(**{**tiny_dit.config, "num_layers": 1})
     with pytest.raises(ValueError, match="another config"):
         load_quantized(other, tmp_path / "q")
@@ -332,10 +406,11 @@ def test_phase_coherent_objective_scores_candidates_on_decoded_audio():
 # --- the benchmark pieces ---------------------------------------------------------------------
 
 
-def test_weight_bytes_from_skeletons_equal_the_quantized_model(tiny_dit):
+@pytest.mark.parametrize("storage", [{}, {"scale_format": "fp8", "lowrank_bits": 8}])
+def test_weight_bytes_from_skeletons_equal_the_quantized_model(tiny_dit, storage):
     from accelerando.bench.quant import quantized_weight_bytes
 
-    config = SVDQuantConfig(group_size=16, rank=4, smoothing="off")
+    config = SVDQuantConfig(group_size=16, rank=4, smoothing="off", **storage)
     predicted = quantized_weight_bytes(tiny_dit, config)
     dit = _copy(tiny_dit)
     quantize_(dit, config)

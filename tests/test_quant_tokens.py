@@ -203,11 +203,12 @@ def test_reference_forward_ste_keeps_value_and_passes_gradient():
     assert torch.equal(plain, layer(x))  # the stock forward is the reference, bit for bit
     plain.sum().backward()
     g_plain, x.grad = x.grad.clone(), None
-    ste = layer.forward_reference(x, layer.lora_down.float(), layer.lora_up.float(), layer.residual_weight(), ste=True)
+    up, down = layer.lowrank_factors()
+    ste = layer.forward_reference(x, down, up, layer.residual_weight(), ste=True)
     torch.testing.assert_close(ste, plain, rtol=1e-5, atol=1e-5)
     ste.sum().backward()
     # without the STE only the low-rank branch carries a gradient to x; with it the residual does too
-    expected = (layer.lora_up.float() @ layer.lora_down.float() + layer.residual_weight()).sum(0) / layer.smooth
+    expected = (up @ down + layer.residual_weight()).sum(0) / layer.smooth
     torch.testing.assert_close(x.grad[0], expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(g_plain, x.grad)
 

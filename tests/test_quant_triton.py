@@ -233,6 +233,20 @@ def test_svdquant_linear_triton_backend_matches_reference_backend():
     assert rel_err(y.cpu(), y_ref.cpu().float()) < 1e-5
 
 
+@kernels
+def test_compact_storage_layer_triton_matches_reference_backend():
+    from accelerando.quant.linear import SVDQuantLinear
+
+    torch.manual_seed(7)
+    linear = torch.nn.Linear(64, 32)
+    layer = SVDQuantLinear.from_linear(linear, group_size=32, rank=8, scale_format="fp8", lowrank_bits=8,
+                                       backend="triton").to(DEVICE)
+    x = torch.randn(3, 5, 64).to(DEVICE)
+    y = layer(x)
+    layer.backend = "reference"
+    assert rel_err(y.cpu(), layer(x).cpu().float()) < 1e-5
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors, availability
 # ---------------------------------------------------------------------------------------------

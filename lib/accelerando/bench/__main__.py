@@ -70,19 +70,21 @@ def quant(args) -> list[dict]:
             for method in methods:
                 base, _, objective = method.partition("+")
                 out[f"{method} {bits}"] = quant_preset(base, w, a, rank=args.rank if base in ("svd", "svdquant") else 0,
-                                                       objective=objective or "layer_mse", seed=args.seed,
+                                                       objective=objective or "layer_mse", seed=args.seed, **storage,
                                                        **({"skip": skip} if skip else {}))
         return out
 
+    storage = {"scale_format": args.scale_format, "lowrank_bits": args.lowrank_bits}
     records = []
     meta = build_stable_audio("full", device="meta").transformer
     for bits in args.bits:
         w, a = BITS[bits]
         for method in args.methods:
             base = method.split("+")[0]
-            rec = quantized_weight_bytes(meta, quant_preset(base, w, a, rank=args.rank if base in ("svd", "svdquant") else 0))
+            rec = quantized_weight_bytes(meta, quant_preset(base, w, a, rank=args.rank if base in ("svd", "svdquant") else 0,
+                                                            **storage))
             records.append(_print({"measure": "weight_bytes", "model": "stable-audio-open:full", "bits": bits,
-                                   "method": method, **rec}, args.json))
+                                   "method": method, **storage, **rec}, args.json))
     if not args.skip_speed:
         rec = int8_block_speed(TRANSFORMER_CONFIGS["full"], seconds=10.0, rank=args.rank, rounds=args.rounds, threads=args.threads)
         records.append(_print({"measure": "int8_block_speed", "model": "stable-audio-open:full", **rec}, args.json))
@@ -288,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--external", nargs="*", default=["torchao-w8", "quanto-w8", "quanto-w4"],
                    help="weight-only baselines from torchao / optimum-quanto (fidelity only)")
     q.add_argument("--rank", type=int, default=32, help="low-rank branch rank of svd / svdquant")
+    q.add_argument("--scale-format", choices=["fp16", "fp8"], default="fp16",
+                   help="storage of the weight group scales (fp8: e4m3 under a power-of-two scale per tensor)")
+    q.add_argument("--lowrank-bits", type=int, choices=[16, 8], default=16,
+                   help="storage of the low-rank factors (8: int8 with an fp16 scale per rank component)")
     q.add_argument("--prompts", type=int, default=32, help="test-split captions generated per method")
     q.add_argument("--calib-prompts", type=int, default=4, help="train-split captions used for calibration")
     q.add_argument("--steps", type=int, default=25, help="denoising steps of each evaluation clip")

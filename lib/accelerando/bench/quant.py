@@ -54,7 +54,8 @@ def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig) -> dict:
             continue
         with torch.device("meta"):
             skeleton = SVDQuantLinear(module.in_features, module.out_features, config.weight_bits, config.act_bits,
-                                      config.group_size, config.rank)
+                                      config.group_size, config.rank, scale_format=config.scale_format,
+                                      lowrank_bits=config.lowrank_bits)
         quantized += skeleton.weight_bytes()
         covered.update(id(p) for p in module.parameters())
         layers += 1

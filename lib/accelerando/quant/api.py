@@ -107,7 +107,8 @@ def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuan
         return SVDQuantLinear.from_linear(cpu_linear, config.weight_bits, config.act_bits, config.group_size, rank,
                                           smooth=lam, act_shift=shift, act_signed=signed, refit_iters=iters,
                                           seed=config.seed, backend="reference",  # searches score the reference
-                                          weight_clip=clip)
+                                          weight_clip=clip, scale_format=config.scale_format,
+                                          lowrank_bits=config.lowrank_bits)
 
     def score(layer):
         return None if x is None else _relative_error(layer(x), ref)
@@ -201,12 +202,11 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
     if not targets:
         raise ValueError("no linear layer to quantize: every nn.Linear was skipped (see the skip patterns and group_size)")
     if config.needs_calibration and calib is None:
-        why = " and ".join(w for w, on in [(f"smoothing={config.smoothing!r}", config.smoothing != "off"),
-                                           (f"clip_grid={config.clip_grid}", len(config.clip_grid) > 1)] if on)
-        undo = " and ".join(u for u, on in [("smoothing='off'", config.smoothing != "off"),
-                                            ("clip_grid=(1.0,)", len(config.clip_grid) > 1)] if on)
-        raise ValueError(f"{why} needs activation statistics: pass calib= (a callable running the model on "
-                         f"calibration data), or use {undo}")
+        asking = [(f"smoothing={config.smoothing!r}", "smoothing='off'")] if config.smoothing != "off" else []
+        asking += [(f"clip_grid={config.clip_grid}", "clip_grid=(1.0,)")] if len(config.clip_grid) > 1 else []
+        needs = "needs" if len(asking) == 1 else "need"
+        raise ValueError(f"{' and '.join(w for w, _ in asking)} {needs} activation statistics: pass calib= (a callable "
+                         f"running the model on calibration data), or use {' and '.join(u for _, u in asking)}")
     audio_domain = config.objective in AUDIO_OBJECTIVES
     if audio_domain and (audio_fn is None or calib is None):
         raise ValueError(f"objective={config.objective!r} scores decoded audio: pass audio_fn= (model -> "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .primitives import LOWRANK_BITS, SCALE_FORMATS
+
 # Linears SVDQuant leaves in full precision (DeepCompressor's skip lists): conditioning and
 # embedding projections, the first and last projections, adaLN/norm modulations; for language
 # models also the output heads. Matched as substrings of the module's qualified name.
@@ -40,6 +42,12 @@ class SVDQuantConfig:
                     largest weights saturate and the rest get a finer step. Keep 1.0 in the grid
                     for "never worse than no clipping" under the layer objective; a grid without
                     it always clips.
+    scale_format    storage of the residual's group scales: "fp16" (SVDQuant's), or "fp8" (e4m3 per
+                    group under one power-of-two scale per tensor): 4.125 instead of 4.25 bits per
+                    weight at group 64.
+    lowrank_bits    storage of the low-rank factors: 16 (fp16, SVDQuant's) or 8 (int8 with an fp16
+                    scale per rank component). The refit, the search and the codes all see the
+                    storage chosen.
     refit_iters     iterations of L <- SVD_r(W - Q(W - L)); stops early when the error stops falling.
     objective       what chooses each layer's smoothing and clipping: "layer_mse" (SVDQuant's: the layer's
                     output error on calibration inputs), or a distance between the decoded audio of
@@ -64,6 +72,8 @@ class SVDQuantConfig:
     smoothing: str | float = "search"
     alpha_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     clip_grid: tuple[float, ...] = (1.0,)
+    scale_format: str = "fp16"
+    lowrank_bits: int = 16
     refit_iters: int = 8
     objective: str = "layer_mse"
     audio_candidates: int = 3
@@ -100,6 +110,10 @@ class SVDQuantConfig:
             raise ValueError(f"backend={self.backend!r}: use one of {BACKENDS}")
         if self.backend == "int8-cpu" and (self.weight_bits, self.act_bits) != (8, 8):
             raise ValueError("backend='int8-cpu' runs W8A8 only (FBGEMM); set weight_bits=8, act_bits=8")
+        if self.scale_format not in SCALE_FORMATS:
+            raise ValueError(f"scale_format={self.scale_format!r}: use one of {SCALE_FORMATS}")
+        if self.lowrank_bits not in LOWRANK_BITS:
+            raise ValueError(f"lowrank_bits={self.lowrank_bits}: use 16 (fp16 factors) or 8 (int8 per row)")
         self.alpha_grid = tuple(float(a) for a in self.alpha_grid)
         self.clip_grid = tuple(dict.fromkeys(float(c) for c in self.clip_grid))
         if not self.clip_grid or not all(0.0 < c <= 1.0 for c in self.clip_grid):
@@ -114,10 +128,13 @@ class SVDQuantConfig:
 
     @property
     def name(self) -> str:
-        """Short label, e.g. 'W4A4 r32 smooth=search' (with ' clip=1/0.9/0.8' when clipping is searched)."""
+        """Short label, e.g. 'W4A4 r32 smooth=search' (with ' clip=1/0.9/0.8' when clipping is searched,
+        ' scales=fp8' and ' branch=int8' for the compact storage)."""
         a = "16" if self.act_bits is None else str(self.act_bits)
         clip = "" if self.clip_grid == (1.0,) else f" clip={'/'.join(f'{c:g}' for c in self.clip_grid)}"
-        return f"W{self.weight_bits}A{a} r{self.rank} smooth={self.smoothing}{clip}"
+        scales = "" if self.scale_format == "fp16" else f" scales={self.scale_format}"
+        branch = "" if self.lowrank_bits == 16 else f" branch=int{self.lowrank_bits}"
+        return f"W{self.weight_bits}A{a} r{self.rank} smooth={self.smoothing}{clip}{scales}{branch}"
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}

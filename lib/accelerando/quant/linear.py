@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitives import dequantize_groups, fake_quantize, group_scales, pack_int4, quantize_groups, unpack_int4
+from .primitives import (LOWRANK_BITS, SCALE_FORMATS, decode_factor, decode_scales, dequantize_groups, encode_factor,
+                         encode_scales, fake_quantize, group_scales, pack_int4, quantize_groups, round_factor,
+                         round_scales, unpack_int4)
 
 SILU_FLOOR = -0.2785  # min of SiLU (x sigmoid x); GELU's is -0.170
 
@@ -42,10 +44,16 @@ def smoothing_factors(act_absmax: torch.Tensor, weight: torch.Tensor, alpha: flo
     return lam.clamp(1e-4, 1e4)
 
 
-def weight_quant_error(weight: torch.Tensor, bits: int, group_size: int, clip: float = 1.0) -> torch.Tensor:
+def weight_quant_error(weight: torch.Tensor, bits: int, group_size: int, clip: float = 1.0,
+                       scale_format: str = "fp16") -> torch.Tensor:
     """weight - Q(weight): what round-to-nearest (with the groups' range clipped to `clip` x
-    absmax) leaves [out, in]."""
-    return weight - fake_quantize(weight, bits, group_size, clip=clip)
+    absmax) leaves [out, in]. With fp8 scales Q uses the scales as stored; fp16's rounding
+    (2^-11 relative) is below anything the refit resolves and is left out."""
+    if scale_format == "fp16":
+        return weight - fake_quantize(weight, bits, group_size, clip=clip)
+    scale = round_scales(group_scales(weight, bits, group_size, clip=clip), scale_format)
+    q, _ = quantize_groups(weight, bits, group_size, scale=scale)
+    return weight - dequantize_groups(q, scale, group_size)
 
 
 def _svd_r(a: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,28 +71,32 @@ def _svd_r(a: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def lowrank_refit(weight: torch.Tensor, rank: int, bits: int, group_size: int, iters: int = 8,
-                  seed: int = 0, clip: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+                  seed: int = 0, clip: float = 1.0, scale_format: str = "fp16",
+                  lowrank_bits: int = 16) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Low-rank factors (up [out, r], down [r, in]) for `weight` [out, in] so that
     weight - up @ down quantizes well: start from SVD_r(W), then L <- SVD_r(W - Q(W - L)),
     keeping the best L by ||W - L - Q(W - L)||_F (so the error never increases) and stopping
     when an iteration does not improve it. Returns the factors and the error after each try.
-    Factors are rounded to fp16 (their storage) before the error is measured. Q clips each
-    group's range to `clip` x absmax (1: none).
+    Factors are rounded to their storage (`lowrank_bits`: fp16, or int8 per row) before the
+    error is measured. Q clips each group's range to `clip` x absmax (1: none) and uses scales as
+    `scale_format` stores them.
     """
     w = weight.float()
     if rank == 0:
         empty_up, empty_down = w.new_zeros(w.shape[0], 0), w.new_zeros(0, w.shape[1])
-        return empty_up, empty_down, [float(weight_quant_error(w, bits, group_size, clip).norm())]
+        return empty_up, empty_down, [float(weight_quant_error(w, bits, group_size, clip, scale_format).norm())]
 
     def error(up, down):
-        return float(weight_quant_error(w - up @ down, bits, group_size, clip).norm())
+        return float(weight_quant_error(w - up @ down, bits, group_size, clip, scale_format).norm())
 
-    up, down = (f.half().float() for f in _svd_r(w, rank, seed))
+    up, down = _svd_r(w, rank, seed)
+    up, down = round_factor(up, lowrank_bits, 0), round_factor(down, lowrank_bits, 1)
     best, errors = (up, down), [error(up, down)]
     for i in range(iters):
         residual_q = w - up @ down
-        residual_q = residual_q - weight_quant_error(residual_q, bits, group_size, clip)  # Q(W - L)
-        up, down = (f.half().float() for f in _svd_r(w - residual_q, rank, seed + i + 1))
+        residual_q = residual_q - weight_quant_error(residual_q, bits, group_size, clip, scale_format)  # Q(W - L)
+        up, down = _svd_r(w - residual_q, rank, seed + i + 1)
+        up, down = round_factor(up, lowrank_bits, 0), round_factor(down, lowrank_bits, 1)
         errors.append(error(up, down))
         if errors[-1] < min(errors[:-1]):
             best = (up, down)
@@ -104,28 +116,66 @@ class SVDQuantLinear(nn.Module):
     Buffers (what `save_quantized` stores): smooth [in] fp32, qweight (uint8 [out, in/2] packed
     int4, or int8 [out, in]), wscales fp16 [out, in/group], lora_down fp16 [rank, in],
     lora_up fp16 [out, rank], bias fp32 [out] (includes the shift's correction). `act_shift` is the
-    constant c added before smoothing (0 for signed activations).
+    constant c added before smoothing (0 for signed activations). Compact storage
+    (`primitives.encode_scales` / `encode_factor`): `scale_format="fp8"` stores wscales as
+    float8_e4m3fn with wscale_tensor fp32 [] (a power of two); `lowrank_bits=8` stores the factors
+    as int8 with lora_down_scales and lora_up_scales fp16 [rank] (one per component). Compute reads
+    them through `weight_scales()` and `lowrank_factors()` (fp32), whatever the storage.
     """
 
     def __init__(self, in_features: int, out_features: int, weight_bits: int = 4, act_bits: int | None = 4,
                  group_size: int = 64, rank: int = 32, act_shift: float = 0.0, act_signed: bool = True,
-                 backend: str = "reference"):
+                 backend: str = "reference", scale_format: str = "fp16", lowrank_bits: int = 16):
         super().__init__()
         if in_features % group_size:
             raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}")
+        if scale_format not in SCALE_FORMATS or lowrank_bits not in LOWRANK_BITS:
+            raise ValueError(f"scale_format={scale_format!r}, lowrank_bits={lowrank_bits}: use a scale format of "
+                             f"{SCALE_FORMATS} and low-rank bits of {LOWRANK_BITS}")
         rank = min(rank, in_features, out_features)  # a wider branch has no more directions to hold
         self.in_features, self.out_features = in_features, out_features
         self.weight_bits, self.act_bits, self.group_size, self.rank = weight_bits, act_bits, group_size, rank
         self.act_shift, self.act_signed, self.backend = float(act_shift), bool(act_signed), backend
+        self.scale_format = scale_format
+        self.lowrank_bits = lowrank_bits if rank else 16  # an empty branch stores nothing either way
         packed_cols = in_features // 2 if weight_bits == 4 else in_features
         self.register_buffer("smooth", torch.ones(in_features))
         self.register_buffer("qweight", torch.zeros(out_features, packed_cols,
                                                      dtype=torch.uint8 if weight_bits == 4 else torch.int8))
-        self.register_buffer("wscales", torch.ones(out_features, in_features // group_size, dtype=torch.float16))
-        self.register_buffer("lora_down", torch.zeros(rank, in_features, dtype=torch.float16))
-        self.register_buffer("lora_up", torch.zeros(out_features, rank, dtype=torch.float16))
+        scale_dtype = torch.float16 if scale_format == "fp16" else torch.float8_e4m3fn
+        self.register_buffer("wscales", torch.ones(out_features, in_features // group_size, dtype=scale_dtype))
+        if scale_format == "fp8":
+            self.register_buffer("wscale_tensor", torch.ones(()))
+        factor_dtype = torch.float16 if self.lowrank_bits == 16 else torch.int8
+        self.register_buffer("lora_down", torch.zeros(rank, in_features, dtype=factor_dtype))
+        self.register_buffer("lora_up", torch.zeros(out_features, rank, dtype=factor_dtype))
+        if self.lowrank_bits == 8:
+            self.register_buffer("lora_down_scales", torch.ones(rank, dtype=torch.float16))
+            self.register_buffer("lora_up_scales", torch.ones(rank, dtype=torch.float16))
         self.register_buffer("bias", torch.zeros(out_features))
         self._int8 = None  # FBGEMM module of the residual, built on first use (backend "int8-cpu")
+
+    def _store(self, name: str, scale_name: str, stored: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        """Copy an encoded tensor (and its scales, where its format has them) into its buffers."""
+        values, scales = stored
+        getattr(self, name).copy_(values)
+        if scales is not None:
+            getattr(self, scale_name).copy_(scales)
+
+    def set_lowrank(self, up: torch.Tensor, down: torch.Tensor) -> None:
+        """Store factors up [out, rank] and down [rank, in] (rounded to `lowrank_bits`)."""
+        with torch.no_grad():
+            self._store("lora_up", "lora_up_scales", encode_factor(up.detach().float(), self.lowrank_bits, 0))
+            self._store("lora_down", "lora_down_scales", encode_factor(down.detach().float(), self.lowrank_bits, 1))
+
+    def lowrank_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(up fp32 [out, rank], down fp32 [rank, in]) as stored."""
+        return (decode_factor(self.lora_up, getattr(self, "lora_up_scales", None), 0),
+                decode_factor(self.lora_down, getattr(self, "lora_down_scales", None), 1))
+
+    def weight_scales(self) -> torch.Tensor:
+        """Residual group scales fp32 [out, in/group] as stored."""
+        return decode_scales(self.wscales, getattr(self, "wscale_tensor", None))
 
     # -- construction -------------------------------------------------------------------------
 
@@ -133,19 +183,23 @@ class SVDQuantLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, weight_bits: int = 4, act_bits: int | None = 4, group_size: int = 64,
                     rank: int = 32, smooth: torch.Tensor | None = None, act_shift: float = 0.0,
                     act_signed: bool = True, refit_iters: int = 8, seed: int = 0,
-                    backend: str = "reference", weight_clip: float = 1.0) -> "SVDQuantLinear":
+                    backend: str = "reference", weight_clip: float = 1.0, scale_format: str = "fp16",
+                    lowrank_bits: int = 16) -> "SVDQuantLinear":
         """Quantize `linear` with smoothing factors `smooth` [in] (None: no smoothing). Unsigned
         activation codes (`act_signed=False`) need inputs >= -act_shift. `weight_clip` < 1 clips
-        each residual group's range to that fraction of its absmax (the refit sees the same Q)."""
+        each residual group's range to that fraction of its absmax (the refit sees the same Q).
+        `scale_format` and `lowrank_bits` choose the storage (the refit sees it too)."""
         w = linear.weight.detach().float()
         out_f, in_f = w.shape
         layer = cls(in_f, out_f, weight_bits, act_bits, group_size, rank, act_shift=act_shift,
-                    act_signed=act_signed, backend=backend)
+                    act_signed=act_signed, backend=backend, scale_format=scale_format, lowrank_bits=lowrank_bits)
         lam = torch.ones(in_f) if smooth is None else smooth.detach().float().cpu()
         w_s = w.cpu() * lam  # W diag(lambda)
-        up, down, errors = lowrank_refit(w_s, rank, weight_bits, group_size, refit_iters, seed, weight_clip)
+        up, down, errors = lowrank_refit(w_s, rank, weight_bits, group_size, refit_iters, seed, weight_clip,
+                                         scale_format, lowrank_bits)
         residual = w_s - up @ down
-        scale = group_scales(residual, weight_bits, group_size, clip=weight_clip).half().float()  # as stored
+        stored_scales = encode_scales(group_scales(residual, weight_bits, group_size, clip=weight_clip), scale_format)
+        scale = decode_scales(*stored_scales)  # the codes are computed with the scales as stored
         q, _ = quantize_groups(residual, weight_bits, group_size, scale=scale)
         bias = torch.zeros(out_f) if linear.bias is None else linear.bias.detach().float().cpu()
         if act_shift:  # W' (x + c) = W' x + c W' 1, with W' the weight the layer really applies
@@ -153,9 +207,8 @@ class SVDQuantLinear(nn.Module):
             bias = bias - act_shift * applied.sum(1)
         layer.smooth.copy_(lam)
         layer.qweight.copy_(pack_int4(q) if weight_bits == 4 else q)
-        layer.wscales.copy_(scale.half())
-        layer.lora_down.copy_(down.half())
-        layer.lora_up.copy_(up.half())
+        layer._store("wscales", "wscale_tensor", stored_scales)
+        layer.set_lowrank(up, down)
         layer.bias.copy_(bias)
         layer.refit_errors = errors
         return layer.to(linear.weight.device)
@@ -168,12 +221,12 @@ class SVDQuantLinear(nn.Module):
 
     def residual_weight(self) -> torch.Tensor:
         """Dequantized residual Q(R) [out, in], fp32."""
-        return dequantize_groups(self.weight_codes(), self.wscales.float(), self.group_size)
+        return dequantize_groups(self.weight_codes(), self.weight_scales(), self.group_size)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight this layer applies to x, fp32 [out, in]: (Q(R) + L_up L_down) / lambda."""
-        lr = self.lora_up.float() @ self.lora_down.float()
-        return (self.residual_weight() + lr) / self.smooth
+        up, down = self.lowrank_factors()
+        return (self.residual_weight() + up @ down) / self.smooth
 
     def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() + self.act_shift) / self.smooth
@@ -191,9 +244,10 @@ class SVDQuantLinear(nn.Module):
         if backend == "triton":
             from . import triton_kernels
 
+            up, down = self.lowrank_factors()
             return triton_kernels.w4a4_linear(
-                x, self.smooth, self.act_shift, self.qweight, self.wscales, self.lora_down.float(),
-                self.lora_up.float(), self.bias, self.group_size, self.act_signed).to(x.dtype)
+                x, self.smooth, self.act_shift, self.qweight, self.weight_scales(), down, up, self.bias,
+                self.group_size, self.act_signed).to(x.dtype)
         return self.forward_reference(x)
 
     def forward_reference(self, x: torch.Tensor, lora_down: torch.Tensor | None = None,
@@ -207,8 +261,10 @@ class SVDQuantLinear(nn.Module):
         equal to Q(x_s) up to one fp32 rounding; round's own gradient is zero). The defaults are
         the stored buffers and no STE: what inference computes, bit for bit.
         """
-        down = self.lora_down.float() if lora_down is None else lora_down
-        up = self.lora_up.float() if lora_up is None else lora_up
+        if lora_down is None or lora_up is None:
+            stored_up, stored_down = self.lowrank_factors()
+        down = stored_down if lora_down is None else lora_down
+        up = stored_up if lora_up is None else lora_up
         x_s = self.smoothed_input(x)  # [..., in]
         y = x_s @ down.t() @ up.t() if self.rank else 0.0
         x_q = x_s
@@ -228,7 +284,8 @@ class SVDQuantLinear(nn.Module):
         x_s = self.smoothed_input(x)
         y = self._int8(x_s)
         if self.rank:
-            y = y + (x_s @ self.lora_down.float().t()) @ self.lora_up.float().t()
+            up, down = self.lowrank_factors()
+            y = y + (x_s @ down.t()) @ up.t()
         return y.to(x.dtype)
 
     @staticmethod
@@ -242,7 +299,8 @@ class SVDQuantLinear(nn.Module):
     def extra_repr(self) -> str:
         a = "fp" if self.act_bits is None else self.act_bits
         return (f"in={self.in_features}, out={self.out_features}, W{self.weight_bits}A{a}, group={self.group_size}, "
-                f"rank={self.rank}, shift={self.act_shift:g}, backend={self.backend}")
+                f"rank={self.rank}, shift={self.act_shift:g}, backend={self.backend}, scales={self.scale_format}, "
+                f"branch={'fp' if self.lowrank_bits == 16 else 'int'}{self.lowrank_bits}")
 
     def weight_bytes(self) -> int:
         """Bytes of everything this layer stores (packed codes, scales, low-rank factors, smoothing, bias)."""

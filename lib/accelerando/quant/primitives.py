@@ -13,6 +13,12 @@ against them. Conventions, after SVDQuant / nunchaku (Li et al. 2025, arXiv:2411
 - Rounding is round-half-to-even (`torch.round`); an all-zero group gets scale 1 (q = 0).
 - int4 packing: two values per byte along the input dimension, element 2k in the low nibble and
   2k + 1 in the high nibble, two's complement (signed) or plain (unsigned).
+- Storage of the weight scales (`SCALE_FORMATS`): fp16, or fp8 (e4m3) per group under one
+  power-of-two fp32 scale per tensor, a two-level scheme as in NVFP4 (whose tensor scale is any
+  fp32) and MX (whose shared scale is a power of two, exact in fp16 and bf16 too). Weight codes are
+  always computed with the scales as stored.
+- Storage of the low-rank factors (`LOWRANK_BITS`): fp16, or int8 symmetric per rank component
+  (scale = absmax / 127, fp16): the components of an SVD differ in size by their singular values.
 
 A quantized GEMM is then  y[t, o] = sum_g sx[t, g] * sw[o, g] * sum_k qx[t, g, k] * qw[o, g, k],
 whose integer inner sums are exact in fp32 for group 64 at 4 and 8 bits (|sum| <= 64 * 128 * 128).
@@ -20,7 +26,14 @@ whose integer inner sums are exact in fp32 for group 64 at 4 and 8 bits (|sum| <
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+SCALE_FORMATS = ("fp16", "fp8")
+LOWRANK_BITS = (16, 8)
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_TINY = 2.0**-9  # smallest positive e4m3 (subnormal): a group's scale never rounds to zero
 
 
 def qrange(bits: int, signed: bool = True) -> tuple[int, int]:
@@ -110,3 +123,54 @@ def quantized_matmul(qx: torch.Tensor, sx: torch.Tensor, qw: torch.Tensor, sw: t
     wg = _grouped(qw.float(), group_size)  # [O, G, g]
     partial = torch.einsum("tgk,ogk->gto", xg, wg)  # [G, T, O] integer-valued
     return (partial * sx.t()[:, :, None] * sw.t()[:, None, :]).sum(0)
+
+
+def encode_scales(scale: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Weight scales fp32 [O, G] -> as stored: (fp16 [O, G], None) for "fp16"; for "fp8"
+    (float8_e4m3fn [O, G], tensor scale fp32 []) with scale ~ codes * tensor scale, the tensor
+    scale the power of two that puts the largest code in (224, 448]. e4m3 rounds to nearest with 3
+    mantissa bits, so a stored scale can be up to 1/16 below the absmax rule's: the group's
+    largest weights then saturate a little, and the codes and the refit see exactly that."""
+    if fmt == "fp16":
+        return scale.half(), None
+    if fmt != "fp8":
+        raise ValueError(f"scale format {fmt!r}: use one of {SCALE_FORMATS}")
+    top = float(scale.float().max()) if scale.numel() else 0.0
+    tensor = torch.tensor(2.0 ** math.ceil(math.log2(top / FP8_MAX)) if top > 0 else 1.0)
+    codes = (scale.float() / tensor).clamp(FP8_TINY, FP8_MAX).to(torch.float8_e4m3fn)
+    return codes, tensor
+
+
+def decode_scales(stored: torch.Tensor, tensor: torch.Tensor | None) -> torch.Tensor:
+    """Inverse of `encode_scales`: fp32 [O, G]."""
+    return stored.float() if tensor is None else stored.float() * tensor.float()
+
+
+def round_scales(scale: torch.Tensor, fmt: str) -> torch.Tensor:
+    """The scales fp32 [O, G] as `fmt` stores them (encode, then decode)."""
+    return decode_scales(*encode_scales(scale, fmt))
+
+
+def encode_factor(f: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A low-rank factor fp32 [n, m] -> as stored: (fp16 [n, m], None) for 16 bits; for 8 bits
+    (int8 [n, m], fp16 scales): symmetric, one scale = absmax / 127 per slice across `dim` (the
+    dimension reduced: 1 for down [r, in], 0 for up [out, r], so one scale per rank component),
+    the codes computed with the fp16 scale."""
+    if bits == 16:
+        return f.half(), None
+    if bits != 8:
+        raise ValueError(f"low-rank bits {bits}: use one of {LOWRANK_BITS}")
+    top = f.float().abs().amax(dim, keepdim=True)
+    scale = torch.where(top > 0, top / 127, torch.ones_like(top)).half()
+    q = torch.round(f.float() / scale.float()).clamp(-127, 127).to(torch.int8)
+    return q, scale.squeeze(dim)
+
+
+def decode_factor(stored: torch.Tensor, scale: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Inverse of `encode_factor`: fp32 [n, m]."""
+    return stored.float() if scale is None else stored.float() * scale.float().unsqueeze(dim)
+
+
+def round_factor(f: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """The factor fp32 [n, m] as `bits` stores it (encode, then decode)."""
+    return decode_factor(*encode_factor(f, bits, dim), dim)

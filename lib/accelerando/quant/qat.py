@@ -21,7 +21,7 @@ them. Objectives (`OBJECTIVES`):
 both STFT losses being the differentiable twins of `accelerando.metrics.fidelity`'s
 `mrstft_distance` / `complex_mrstft_distance` (same resolutions and definitions; `stft_loss`).
 
-The trained factors are written back as the fp16 buffers `lora_down` / `lora_up`, so
+The trained factors are written back into the buffers `lora_down` / `lora_up` (at their storage), so
 `save_quantized`, `load_quantized` and every backend work unchanged. While training, each layer's
 forward is swapped (`trainable_lowrank`) for the reference numerics with a straight-through
 estimator on the activation rounding (round has zero gradient; without the STE no gradient would
@@ -105,8 +105,9 @@ class LowRankFactors(nn.Module):
 
     def __init__(self, layer: SVDQuantLinear):
         super().__init__()
-        self.down = nn.Parameter(layer.lora_down.detach().float().clone())
-        self.up = nn.Parameter(layer.lora_up.detach().float().clone())
+        up, down = layer.lowrank_factors()
+        self.down = nn.Parameter(down.detach().clone())
+        self.up = nn.Parameter(up.detach().clone())
         self.register_buffer("residual", layer.residual_weight().detach(), persistent=False)
 
 
@@ -146,7 +147,7 @@ def trainable_lowrank(model: nn.Module) -> Iterator[dict[str, LowRankFactors]]:
     """Within the block every SVDQuantLinear of `model` computes with fp32 trainable factors (the
     yielded {name: LowRankFactors}) and the straight-through quantizer; every parameter of the
     model itself is frozen. Whatever a layer's `backend`, training runs the reference numerics.
-    On exit the stock forward and requires_grad flags are restored; the fp16 buffers change only
+    On exit the stock forward and requires_grad flags are restored; the stored factors change only
     through `write_back`."""
     layers = quantized_layers(model)
     factors = {n: LowRankFactors(m) for n, m in layers.items()}
@@ -162,11 +163,11 @@ def trainable_lowrank(model: nn.Module) -> Iterator[dict[str, LowRankFactors]]:
 
 @torch.no_grad()
 def write_back(model: nn.Module, factors: dict[str, LowRankFactors]) -> None:
-    """Store trained factors in their layers' fp16 buffers (rounded to fp16, the storage)."""
+    """Store trained factors in their layers' buffers (rounded to the layer's storage: fp16, or
+    int8 per row for `lowrank_bits=8`, a rounding the training did not see)."""
     modules = dict(model.named_modules())
     for name, f in factors.items():
-        modules[name].lora_down.copy_(f.down.half())
-        modules[name].lora_up.copy_(f.up.half())
+        modules[name].set_lowrank(f.up, f.down)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ def finetune_lowrank_(pipe, config: QATConfig, data: QATData, teacher: nn.Module
                       val_data: QATData | None = None, log_fn=None) -> QATReport:
     """Train the low-rank factors of `pipe.transformer`'s SVDQuantLinear layers, in place, by
     distillation from `teacher` (the full-precision transformer, e.g. a deep copy kept before
-    `quantize_`); returns the QATReport. The factors end in the layers' fp16 buffers.
+    `quantize_`); returns the QATReport. The factors end in the layers' buffers.
 
     data      training clips (`corpus_data(pipe, corpus, "train", n)` or `training_data`).
     val_data  clips whose loss on `config.val_batches` fixed batches is reported before and after.

@@ -3,11 +3,11 @@
     save_quantized(dit, "out/dit-w4a4")        # quantized.safetensors + quantization.json
     dit = load_quantized(fresh_dit, "out/dit-w4a4")
 
-The safetensors file holds the whole state dict at its own dtypes (packed int4 codes, fp16 scales
-and low-rank factors, fp32 smoothing and biases, and the layers left in full precision), so the
-reloaded model computes exactly what the saved one did. quantization.json holds the config, the
-quantized layers with their shapes and activation settings, and the architecture's config; a
-model of another architecture is refused before anything is loaded.
+The safetensors file holds the whole state dict at its own dtypes (packed int4 codes, fp16 or fp8
+scales, fp16 or int8 low-rank factors, fp32 smoothing and biases, and the layers left in full
+precision), so the reloaded model computes exactly what the saved one did. quantization.json holds
+the config, the quantized layers with their shapes, activation settings and storage, and the
+architecture's config; a model of another architecture is refused before anything is loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .linear import SVDQuantLinear
 
 WEIGHTS_FILE = "quantized.safetensors"
 META_FILE = "quantization.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: layers record their storage (scale_format, lowrank_bits); 1 reads as fp16 storage
 
 
 def _architecture(model: nn.Module) -> dict:
@@ -42,7 +42,8 @@ def _architecture(model: nn.Module) -> dict:
 def _layer_settings(layer: SVDQuantLinear) -> dict:
     return {"in_features": layer.in_features, "out_features": layer.out_features, "weight_bits": layer.weight_bits,
             "act_bits": layer.act_bits, "group_size": layer.group_size, "rank": layer.rank,
-            "act_shift": layer.act_shift, "act_signed": layer.act_signed}
+            "act_shift": layer.act_shift, "act_signed": layer.act_signed, "scale_format": layer.scale_format,
+            "lowrank_bits": layer.lowrank_bits}
 
 
 def save_quantized(model: nn.Module, directory: str | Path) -> Path:
@@ -69,8 +70,9 @@ def load_quantized(model: nn.Module, directory: str | Path, backend: str | None 
         raise FileNotFoundError(f"{directory} is not a quantized model: expected {META_FILE} and {WEIGHTS_FILE} "
                                 "written by accelerando.quant.save_quantized")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: format {meta.get('format')}, this version reads {FORMAT_VERSION}")
+    if meta.get("format") not in (1, FORMAT_VERSION):
+        raise ValueError(f"{meta_path}: format {meta.get('format')}, this version reads 1 and {FORMAT_VERSION}; "
+                         "re-run quantize_ and save_quantized with this version")
     saved, own = meta["architecture"], _architecture(model)
     if saved != own:
         diff = sorted(k for k in set(saved["config"]) | set(own["config"])
