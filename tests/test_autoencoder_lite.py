@@ -200,3 +200,13 @@ def test_training_with_balanced_upsamplers_from_a_checkpoint(tmp_path):
             w = conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(1, 2), keepdim=True)  # as loaded
             sums = w[..., :s] + w[..., s:]
             assert torch.allclose(sums, sums.mean(-1, keepdim=True), atol=2e-3 * float(sums.abs().max()))
+
+
+def test_trainer_model_choices_name_their_configs():
+    from accelerando.models.autoencoder_lite import hop_length
+    from accelerando.train.autoencoder import MODEL_CONFIGS
+
+    assert hop_length(MODEL_CONFIGS["lite"]) == 1024 and hop_length(MODEL_CONFIGS["lite-hop256"]) == 256
+    assert MODEL_CONFIGS["lite-hop256"]["decoder_input_channels"] == MODEL_CONFIGS["lite"]["decoder_input_channels"]
+    with pytest.raises(ValueError, match="lite-hop256"):
+        TrainConfig(model="hop256")
