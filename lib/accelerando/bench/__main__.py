@@ -77,12 +77,10 @@ def quant(args) -> list[dict]:
     storage = {"scale_format": args.scale_format, "lowrank_bits": args.lowrank_bits}
     records = []
     meta = build_stable_audio("full", device="meta").transformer
+    byte_configs = configs_for(args.bits, args.methods)
     for bits in args.bits:
-        w, a = BITS[bits]
         for method in args.methods:
-            base = method.split("+")[0]
-            rec = quantized_weight_bytes(meta, quant_preset(base, w, a, rank=args.rank if base in ("svd", "svdquant") else 0,
-                                                            **storage))
+            rec = quantized_weight_bytes(meta, byte_configs[f"{method} {bits}"])
             records.append(_print({"measure": "weight_bytes", "model": "stable-audio-open:full", "bits": bits,
                                    "method": method, **storage, **rec}, args.json))
     if not args.skip_speed:
