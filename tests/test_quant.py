@@ -12,6 +12,7 @@ from torch import nn
 from accelerando.quant import (
     PRESETS,
     SVDQuantConfig,
+    allocate_ranks,
     SVDQuantLinear,
     load_quantized,
     lowrank_refit,
@@ -256,6 +257,73 @@ def test_svdquant_beats_its_ablations_on_outlier_activations():
     assert errors["svdquant"] < errors["svd"] < errors["rtn"]
 
 
+def test_allocate_ranks_spends_the_budget_where_the_error_falls_most():
+    # layer 0 gains little from rank, layer 1 a lot; both cost the same per rank component
+    errors = [{0: 1.0, 8: 0.95, 16: 0.9}, {0: 1.0, 8: 0.3, 16: 0.1}]
+    assert allocate_ranks(errors, [10, 10], budget=8 * 10 * 2) == [0, 16]
+    assert allocate_ranks(errors, [10, 10], budget=8 * 10) == [0, 8]
+    assert allocate_ranks(errors, [10, 10], budget=0) == [0, 0]
+    # a layer twice as wide pays twice per component: the narrow one wins at equal drops
+    assert allocate_ranks([{0: 1.0, 8: 0.5}, {0: 1.0, 8: 0.5}], [20, 10], budget=80) == [0, 8]
+    # a flat step before a drop is crossed (a curve no greedy upgrade-by-upgrade would climb)
+    assert allocate_ranks([{0: 1.0, 8: 1.0, 16: 0.1}], [10], budget=160) == [16]
+    # no parameter is spent where it lowers no error, whatever the budget left
+    assert allocate_ranks([{0: 1.0, 8: 1.0}], [10], budget=1000) == [0]
+    # the least summed error, where taking the best ratio first would strand the budget:
+    # (4, 8, 32) beats (16, 16, 16) with 48 components to share
+    curves = [{0: 0.02, 4: 0.0, 8: 0.0, 16: 0.0}, {0: 0.02, 4: 0.015, 8: 0.011, 16: 0.0076, 32: 0.0038},
+              {0: 0.023, 4: 0.017, 8: 0.0137, 16: 0.0071, 32: 0.0031}]
+    best = allocate_ranks(curves, [1, 1, 1], budget=48)
+    assert sum(best) <= 48 and sum(c[r] for c, r in zip(curves, best)) <= 0.0038 + 0.0137 + 1e-12
+    # too fine a budget for the resolution: costs round up, the budget still holds
+    coarse = allocate_ranks(curves, [7, 7, 7], budget=48 * 7, resolution=10)
+    assert 7 * sum(coarse) <= 48 * 7
+    with pytest.raises(ValueError, match="budget"):
+        allocate_ranks([{8: 1.0}], [10], budget=10)
+    with pytest.raises(ValueError, match="per layer"):
+        allocate_ranks([{0: 1.0}], [10, 10], budget=10)
+
+
+def test_knapsack_rank_allocation_keeps_the_budget_and_lowers_the_summed_layer_error(tmp_path):
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    model = nn.Sequential()
+    for i in range(3):
+        model.add_module(f"fc{i}", nn.Linear(128, 128))
+    with torch.no_grad():  # one layer of low effective rank, one of spread spectrum, one in between
+        model.fc0.weight.copy_(torch.randn(128, 4, generator=g) @ torch.randn(4, 128, generator=g) * 0.1
+                               + torch.randn(128, 128, generator=g) * 1e-3)
+        model.fc1.weight.copy_(torch.randn(128, 128, generator=g) * 0.05)
+        model.fc2.weight.copy_(torch.distributions.StudentT(2.0).sample((128, 128)) * 0.02)
+    x = torch.randn(256, 128, generator=g)
+    uniform_model, knapsack_model = _copy(model), _copy(model)
+    uniform = quantize_(uniform_model, SVDQuantConfig(rank=16, skip=()), calib=[x]).table()
+    config = SVDQuantConfig(rank=16, rank_allocation="knapsack", rank_grid=(0, 4, 8, 16, 24, 32, 64), skip=())
+    assert config.name.startswith("W4A4 r16 ranks=knapsack(0/4/8/16/24/32/64)")
+    assert "ranks=knapsack smooth" in SVDQuantConfig(rank_allocation="knapsack").name
+    knapsack = quantize_(knapsack_model, config, calib=[x]).table()
+    assert (knapsack["rank"] * 256).sum() <= (uniform["rank"] * 256).sum()  # the uniform budget
+    assert knapsack["error"].sum() <= uniform["error"].sum()
+    assert set(knapsack["rank"]) != {16}  # the curves differ enough that the ranks differ
+    inputs = [x, model.fc0(x), model.fc1(model.fc0(x))]  # each layer's calibration input
+    for (_, row), layer_input in zip(knapsack.iterrows(), inputs):  # each row's error is that of the rank it got
+        assert row["error"] == row["error_by_rank"][row["rank"]]
+        layer, full = knapsack_model.get_submodule(row["name"]), model.get_submodule(row["name"])
+        with torch.no_grad():
+            assert layer.rank == row["rank"]
+            assert _rel(layer(layer_input), full(layer_input)) == pytest.approx(row["error"], rel=1e-4)
+    save_quantized(knapsack_model, tmp_path / "q")  # mixed ranks save and load
+    fresh = load_quantized(_copy(model), tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(fresh(x), knapsack_model(x))
+    with pytest.raises(ValueError, match="rank_allocation='knapsack' needs activation statistics"):
+        quantize_(_copy(model), SVDQuantConfig(smoothing="off", rank_allocation="knapsack", skip=()))
+    with pytest.raises(ValueError, match="rank_allocation"):
+        SVDQuantConfig(rank_allocation="best")
+    with pytest.raises(ValueError, match="rank_grid"):
+        SVDQuantConfig(rank_grid=(-1, 8))
+
+
 # --- quantize_ on the real model classes ------------------------------------------------------
 
 
@@ -419,6 +487,14 @@ def test_weight_bytes_from_skeletons_equal_the_quantized_model(tiny_dit, storage
     assert predicted["quantized_bytes"] == stored
     assert predicted["fp16_bytes"] == 2 * sum(p.numel() for p in tiny_dit.parameters())
     assert predicted["quantized_layers"] == 20 and predicted["ratio"] > 1
+    # a rank per layer (as a knapsack allocation leaves them) counts each layer at its own rank
+    calib = [_dit_inputs(tiny_dit)]
+    mixed = SVDQuantConfig(group_size=16, rank=4, rank_allocation="knapsack", rank_grid=(0, 2, 8), **storage)
+    dit = _copy(tiny_dit)
+    report = quantize_(dit, mixed, calib=calib)
+    stored = sum(t.numel() * (2 if t.is_floating_point() and not isinstance(m, SVDQuantLinear) else t.element_size())
+                 for m in dit.modules() for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
+    assert quantized_weight_bytes(tiny_dit, mixed, ranks=report.ranks)["quantized_bytes"] == stored
 
 
 def test_int8_block_speed_record_on_a_tiny_config():
@@ -451,9 +527,11 @@ def test_fidelity_records_rank_bit_widths_and_restore_the_pipeline():
     pipe = build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
     original = pipe.transformer
     configs = {"w8a8": preset("rtn", 8, 8, group_size=16), "w4a4": preset("rtn", 4, 4, group_size=16)}
+    reports = {}
     rows = list(fidelity_to_full_precision(pipe, configs, ["a folk song"], ["a chorale", "a march", "a reel"],
-                                           steps=2, seconds=0.5, calib_steps=1, calib_seconds=0.25))
+                                           steps=2, seconds=0.5, calib_steps=1, calib_seconds=0.25, reports=reports))
     assert pipe.transformer is original and not any(isinstance(m, SVDQuantLinear) for m in original.modules())
+    assert list(reports) == ["w8a8", "w4a4"] and reports["w4a4"].config is configs["w4a4"]
     assert len(rows) == 6 and all(r["quantized_layers"] == 20 for r in rows)
     mean = lambda m, k: sum(r[k] for r in rows if r["method"] == m) / 3  # noqa: E731
     assert mean("w8a8", "si_sdr") > mean("w4a4", "si_sdr")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -41,9 +41,10 @@ from ..quant.objectives import pipeline_calibration, render
 from .measure import compare
 
 
-def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig) -> dict:
+def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig, ranks: Mapping[str, int] | None = None) -> dict:
     """{'fp16_bytes', 'quantized_bytes', 'ratio', 'quantized_layers', 'skipped_layers'} for `model`
-    (any device, including meta) under `config`."""
+    (any device, including meta) under `config`; `ranks` ({layer name: rank}, a `QuantReport.ranks`)
+    gives the layers the ranks a per-layer allocation chose instead of `config.rank`."""
     fp16 = sum(p.numel() * 2 for p in model.parameters())
     quantized, layers, skipped, covered = 0, 0, 0, set()
     for name, module in model.named_modules():
@@ -54,7 +55,8 @@ def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig) -> dict:
             continue
         with torch.device("meta"):
             skeleton = SVDQuantLinear(module.in_features, module.out_features, config.weight_bits, config.act_bits,
-                                      config.group_size, config.rank, scale_format=config.scale_format,
+                                      config.group_size, (ranks or {}).get(name, config.rank),
+                                      scale_format=config.scale_format,
                                       lowrank_bits=config.lowrank_bits)
         quantized += skeleton.weight_bytes()
         covered.update(id(p) for p in module.parameters())
@@ -117,7 +119,7 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
                                calib_steps: int = 8, calib_seconds: float = 2.0, guidance_scale: float = 6.0,
                                batch_size: int = 8, seed: int = 0, keep_audio: int = 0,
                                embedders: dict | None = None, confirm_prompts: Sequence[str] = (),
-                               confirm: Collection[str] = ()) -> Iterator[dict]:
+                               confirm: Collection[str] = (), reports: dict | None = None) -> Iterator[dict]:
     """Per config and evaluation prompt, one record of fidelity to the full-precision output.
 
     A config is an `SVDQuantConfig` or the name of an external weight-only baseline
@@ -134,6 +136,9 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
     (seeds from seed + 20_000), and score them against full precision the same way. Their records
     carry prompt_set "confirm" (every other record "eval"), a prompt index into `confirm_prompts`,
     and neither audio nor embeddings.
+
+    `reports`, a dict, receives each `SVDQuantConfig`'s `QuantReport` under its name (the layers'
+    choices: smoothing, clipping, ranks).
     """
     if isinstance(confirm, str):
         raise TypeError(f"confirm is a collection of config names; got the string {confirm!r}: pass [{confirm!r}]")
@@ -162,7 +167,10 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
             if isinstance(config, str):
                 quantized = quantize_external(dit, config)
             else:
-                quantized = quantize_(dit, config, calib=calib, audio_fn=audio_fn).quantized
+                report = quantize_(dit, config, calib=calib, audio_fn=audio_fn)
+                quantized = report.quantized
+                if reports is not None:
+                    reports[method] = report
             spent = time.perf_counter() - start
             audio, _ = render_eval(eval_prompts)
             confirm_audio = render_confirm()[0] if method in confirm else None

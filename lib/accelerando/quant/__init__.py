@@ -10,15 +10,15 @@ Modules, in reading order: `primitives` (the integer math every path matches), `
 branches toward the full-precision model: `finetune_lowrank_(pipe, QATConfig(...), data, teacher)`).
 """
 
-from .api import QuantReport, quantize_, register_quantize_handler
-from .config import DEFAULT_SKIP, PRESETS, SVDQuantConfig, preset
+from .api import QuantReport, allocate_ranks, quantize_, register_quantize_handler
+from .config import DEFAULT_SKIP, PRESETS, RANK_GRID, SVDQuantConfig, preset
 from .linear import SVDQuantLinear, lowrank_refit, smoothing_factors
 from .qat import QATConfig, QATData, QATReport, corpus_data, finetune_lowrank_, stft_loss, trainable_lowrank, training_data
 from .serialization import load_quantized, save_quantized
 
 __all__ = [
-    "DEFAULT_SKIP", "PRESETS", "QATConfig", "QATData", "QATReport", "QuantReport", "SVDQuantConfig", "SVDQuantLinear",
-    "corpus_data", "finetune_lowrank_", "load_quantized", "lowrank_refit", "preset", "quantize_",
-    "register_quantize_handler", "save_quantized", "smoothing_factors", "stft_loss", "trainable_lowrank",
-    "training_data",
+    "DEFAULT_SKIP", "PRESETS", "QATConfig", "QATData", "QATReport", "QuantReport", "RANK_GRID", "SVDQuantConfig",
+    "SVDQuantLinear", "allocate_ranks", "corpus_data", "finetune_lowrank_", "load_quantized", "lowrank_refit",
+    "preset", "quantize_", "register_quantize_handler", "save_quantized", "smoothing_factors", "stft_loss",
+    "trainable_lowrank", "training_data",
 ]

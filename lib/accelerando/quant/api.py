@@ -9,16 +9,21 @@ Steps: pick the target linears (every nn.Linear whose name matches no `config.sk
 passes `filter_fn`); if the config smooths or searches clipping, record their inputs while `calib`
 runs the full-precision model; then, layer by layer, choose the smoothing and the weight clipping
 (`clip_grid`) by the objective, refit the low-rank branch, quantize the residual and swap an
-`SVDQuantLinear` in. Layers that cannot be quantized (in_features not a multiple of the group) are
+`SVDQuantLinear` in. With `rank_allocation="knapsack"` each layer is also refit at every rank of
+`rank_grid`, and the low-rank parameters of the uniform rank are then shared out across layers by
+their output errors (`allocate_ranks`). Layers that cannot be quantized (in_features not a multiple of the group) are
 skipped and reported, never altered.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Iterable
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -43,6 +48,11 @@ class QuantReport:
     @property
     def quantized(self) -> list[str]:
         return [r["name"] for r in self.layers if r["status"] == "quantized"]
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """{layer name: rank of its low-rank branch} of the quantized layers."""
+        return {r["name"]: r["rank"] for r in self.layers if r["status"] == "quantized"}
 
     @property
     def skipped(self) -> dict[str, str]:
@@ -83,13 +93,17 @@ def search_candidates(config: SVDQuantConfig) -> list[tuple[tuple[float, float] 
 
 
 def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuantConfig,
-                    audio_score: Callable[[SVDQuantLinear], float] | None = None) -> tuple[SVDQuantLinear, dict]:
+                    audio_score: Callable[[SVDQuantLinear], float] | None = None
+                    ) -> tuple[SVDQuantLinear, dict, Callable[[int], SVDQuantLinear] | None]:
     """Choose the smoothing and weight clipping of one layer, then build it with the full low-rank refit.
 
     Candidates are ranked by the layer's output error on the calibration rows (SVDQuant's
     objective). With `audio_score` (an audio-domain objective: it installs a candidate in the
     model, renders audio and returns its distance to the full-precision audio), the best
     `config.audio_candidates` by layer error are re-ranked by what they do to the audio.
+    Under `rank_allocation="knapsack"` the chosen candidate is also refit at every rank of
+    `config.rank_grid` the layer can hold (row "error_by_rank": {rank: layer error}), and the
+    third value rebuilds it at a given rank; otherwise the third value is None.
     """
     w = linear.weight.detach().float().cpu()
     signed, shift = True, 0.0
@@ -140,7 +154,80 @@ def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuan
         "weight_bytes": layer.weight_bytes(),
         "fp16_bytes": 2 * w.numel() + (0 if linear.bias is None else 2 * linear.bias.numel()),
     }
-    return layer, row
+    if config.rank_allocation == "uniform":
+        return layer, row, None
+    widest = min(w.shape)
+    ranks = sorted({min(r, widest) for r in config.rank_grid})
+    row["error_by_rank"] = {r: row["error"] if r == layer.rank else score(build(best, config.refit_iters, r))
+                            for r in ranks}
+    return layer, row, partial(build, best, config.refit_iters)
+
+
+def allocate_ranks(errors: list[dict[int, float]], sizes: list[int], budget: float,
+                   resolution: int = 200_000) -> list[int]:
+    """A rank per layer that minimises the summed error within `budget` parameters: a
+    multiple-choice knapsack, solved exactly by dynamic programming over the parameters spent.
+
+    errors  per layer, {rank: error at that rank} (e.g. relative output error on calibration rows).
+    sizes   per layer, the parameters one rank component costs (in_features + out_features).
+    budget  total parameters, sum of rank x size over layers, the allocation may spend.
+    resolution  most budget steps tracked; past it costs are rounded up to a coarser step (the
+                budget still holds, the optimum may be missed by that rounding).
+    Among allocations of equal error the one spending least is returned.
+    """
+    if len(errors) != len(sizes):
+        raise ValueError(f"{len(errors)} error curves for {len(sizes)} layer sizes: one of each per layer")
+    curves = [sorted(curve.items()) for curve in errors]
+    costs = [[r * n for r, _ in curve] for curve, n in zip(curves, sizes)]
+    lowest = sum(c[0] for c in costs)
+    if lowest > budget:
+        raise ValueError(f"the lowest ranks already spend {lowest} parameters, over the budget of {budget}: "
+                         "put 0 in the rank grid or raise the budget")
+    unit = math.gcd(*(c for layer in costs for c in layer if c)) or 1
+    unit = max(unit, math.ceil(budget / resolution))
+    steps = int(budget // unit)
+    units = [[math.ceil(c / unit) for c in layer] for layer in costs]
+    spent_error = np.full(steps + 1, np.inf)  # least summed error spending exactly b steps so far
+    spent_error[0] = 0.0
+    choice = np.zeros((len(curves), steps + 1), dtype=np.int16)
+    for i, (curve, cost) in enumerate(zip(curves, units)):
+        after = np.full(steps + 1, np.inf)
+        for j, ((_, e), c) in enumerate(zip(curve, cost)):
+            if c > steps:
+                continue
+            candidate = np.full(steps + 1, np.inf)
+            candidate[c:] = spent_error[: steps + 1 - c] + e
+            better = candidate < after  # strict: equal errors keep the cheaper rank
+            after[better], choice[i, better] = candidate[better], j
+        spent_error = after
+    b = int(np.argmin(spent_error))  # the first minimum: the least spent
+    ranks = []
+    for i in reversed(range(len(curves))):
+        j = int(choice[i, b])
+        ranks.append(curves[i][j][0])
+        b -= units[i][j]
+    return ranks[::-1]
+
+
+def _allocate(rows: list[dict], rebuilds: list[Callable[[int], SVDQuantLinear]], layers: list[SVDQuantLinear],
+              config: SVDQuantConfig) -> list[SVDQuantLinear]:
+    """Ranks for the quantized layers within the parameters the uniform ranks spend (their `rows`
+    carry "error_by_rank"); keeps the uniform layers unless the summed layer error falls (it can
+    only fail to where a coarse `allocate_ranks` resolution rounded the uniform ranks out of reach)."""
+    errors = [r["error_by_rank"] for r in rows]
+    sizes = [layer.in_features + layer.out_features for layer in layers]
+    uniform = [layer.rank for layer in layers]
+    ranks = allocate_ranks(errors, sizes, sum(r * n for r, n in zip(uniform, sizes)))
+    if sum(e[r] for e, r in zip(errors, ranks)) >= sum(e[r] for e, r in zip(errors, uniform)):
+        ranks = uniform
+    chosen = []
+    for row, rebuild, layer, rank in zip(rows, rebuilds, layers, ranks):
+        if rank != layer.rank:
+            layer = rebuild(rank)
+            row.update(rank=layer.rank, refit_errors=[round(e, 6) for e in layer.refit_errors],
+                       error=row["error_by_rank"][rank], weight_bytes=layer.weight_bytes())
+        chosen.append(layer)
+    return chosen
 
 
 def _cpu_copy(linear: nn.Linear) -> nn.Linear:
@@ -204,6 +291,7 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
     if config.needs_calibration and calib is None:
         asking = [(f"smoothing={config.smoothing!r}", "smoothing='off'")] if config.smoothing != "off" else []
         asking += [(f"clip_grid={config.clip_grid}", "clip_grid=(1.0,)")] if len(config.clip_grid) > 1 else []
+        asking += [("rank_allocation='knapsack'", "rank_allocation='uniform'")] if config.rank_allocation == "knapsack" else []
         needs = "needs" if len(asking) == 1 else "need"
         raise ValueError(f"{' and '.join(w for w, _ in asking)} {needs} activation statistics: pass calib= (a callable "
                          f"running the model on calibration data), or use {' and '.join(u for _, u in asking)}")
@@ -214,6 +302,7 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
     stats = record_inputs(model, targets, calib, config.calib_tokens, config.seed) if calib is not None else {}
     reference_audio, sr = audio_fn(model) if audio_domain else (None, None)
     modules = dict(model.named_modules())
+    placed = []  # (parent, child name, device, report row, rebuild, layer) of each quantized layer
     for name in targets:
         linear = modules[name]
         if config.needs_calibration and name not in stats:
@@ -232,10 +321,16 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
             finally:
                 setattr(parent, child, linear)
 
-        layer, row = _quantize_layer(linear, stats.get(name), config, audio_score if audio_domain else None)
+        layer, row, rebuild = _quantize_layer(linear, stats.get(name), config, audio_score if audio_domain else None)
         layer.backend = config.backend
         setattr(parent, child, layer.to(linear.weight.device))
         report.layers.append({"name": name, "status": "quantized", "reason": "", "shape": tuple(linear.weight.shape), **row})
+        placed.append((parent, child, linear.weight.device, report.layers[-1], rebuild, layer))
+    if config.rank_allocation == "knapsack" and placed:
+        parents, children, devices, rows, rebuilds, layers = zip(*placed)
+        for parent, child, device, layer in zip(parents, children, devices, _allocate(rows, rebuilds, layers, config)):
+            layer.backend = config.backend
+            setattr(parent, child, layer.to(device))
     report.seconds = time.perf_counter() - start
     model.svdquant_config = config  # read by save_quantized
     return report

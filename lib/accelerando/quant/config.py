@@ -23,6 +23,8 @@ DEFAULT_SKIP = (
 AUDIO_OBJECTIVES = ("stft_magnitude", "stft_complex")
 OBJECTIVES = ("layer_mse",) + AUDIO_OBJECTIVES
 BACKENDS = ("auto", "reference", "int8-cpu", "triton")
+RANK_ALLOCATIONS = ("uniform", "knapsack")
+RANK_GRID = (0, 8, 16, 32, 64, 128)
 
 
 @dataclass
@@ -33,6 +35,12 @@ class SVDQuantConfig:
     act_bits        4, 8, or None (activations stay floating point: weight-only quantization).
     group_size      input channels per scale, for weights and activations (SVDQuant: 64).
     rank            rank of the full-precision low-rank branch (0 = none; SVDQuant: 32).
+    rank_allocation "uniform" (every layer gets `rank`, capped at its width; SVDQuant's) or "knapsack":
+                    each layer is refit at every rank of `rank_grid` and scored by its output error
+                    on the calibration rows, then the low-rank parameters a uniform `rank` spends
+                    are shared out so that the summed layer error is least
+                    (`accelerando.quant.allocate_ranks`). Needs calibration.
+    rank_grid       the ranks "knapsack" chooses among (`rank` is always added).
     smoothing       "off"; a float alpha (lambda_j = max|X_j|^alpha / max|W_j|^(1 - alpha),
                     SmoothQuant's rule); or "search" (per-layer grid over (alpha, beta) in
                     lambda_j = max|X_j|^alpha / max|W_j|^beta, as SVDQuant).
@@ -69,6 +77,8 @@ class SVDQuantConfig:
     act_bits: int | None = 4
     group_size: int = 64
     rank: int = 32
+    rank_allocation: str = "uniform"
+    rank_grid: tuple[int, ...] = RANK_GRID
     smoothing: str | float = "search"
     alpha_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     clip_grid: tuple[float, ...] = (1.0,)
@@ -95,6 +105,11 @@ class SVDQuantConfig:
             raise ValueError(f"group_size={self.group_size}: use an even size such as 64")
         if not 0 <= self.rank <= 1024:
             raise ValueError(f"rank={self.rank}: use 0 (no low-rank branch) to a few hundred")
+        if self.rank_allocation not in RANK_ALLOCATIONS:
+            raise ValueError(f"rank_allocation={self.rank_allocation!r}: use one of {RANK_ALLOCATIONS}")
+        self.rank_grid = tuple(sorted({int(r) for r in self.rank_grid} | {self.rank}))
+        if self.rank_grid[0] < 0:
+            raise ValueError(f"rank_grid={self.rank_grid}: ranks are >= 0, e.g. {RANK_GRID}")
         if isinstance(self.smoothing, str):
             if self.smoothing not in ("off", "search"):
                 raise ValueError(f"smoothing={self.smoothing!r}: use 'off', 'search' or an alpha in [0, 1]")
@@ -122,19 +137,24 @@ class SVDQuantConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        """Smoothing, and a clipping search (scored by layer output error), need activation
-        statistics; without either the quantizer is data-free."""
-        return self.smoothing != "off" or len(self.clip_grid) > 1
+        """Smoothing, a clipping search and a knapsack rank allocation (both scored by layer output
+        error) need activation statistics; without them the quantizer is data-free."""
+        return self.smoothing != "off" or len(self.clip_grid) > 1 or self.rank_allocation == "knapsack"
 
     @property
     def name(self) -> str:
         """Short label, e.g. 'W4A4 r32 smooth=search' (with ' clip=1/0.9/0.8' when clipping is searched,
-        ' scales=fp8' and ' branch=int8' for the compact storage)."""
+        ' scales=fp8' and ' branch=int8' for the compact storage, ' ranks=knapsack' for a rank per layer,
+        with its grid when it is not `RANK_GRID`)."""
         a = "16" if self.act_bits is None else str(self.act_bits)
         clip = "" if self.clip_grid == (1.0,) else f" clip={'/'.join(f'{c:g}' for c in self.clip_grid)}"
         scales = "" if self.scale_format == "fp16" else f" scales={self.scale_format}"
         branch = "" if self.lowrank_bits == 16 else f" branch=int{self.lowrank_bits}"
-        return f"W{self.weight_bits}A{a} r{self.rank} smooth={self.smoothing}{clip}{scales}{branch}"
+        ranks = ""
+        if self.rank_allocation != "uniform":
+            grid = "" if self.rank_grid == tuple(sorted(set(RANK_GRID) | {self.rank})) else f"({'/'.join(map(str, self.rank_grid))})"
+            ranks = f" ranks={self.rank_allocation}{grid}"
+        return f"W{self.weight_bits}A{a} r{self.rank}{ranks} smooth={self.smoothing}{clip}{scales}{branch}"
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
