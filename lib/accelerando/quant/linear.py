@@ -24,7 +24,7 @@ from torch import nn
 
 from .primitives import (LOWRANK_BITS, SCALE_FORMATS, decode_factor, decode_scales, dequantize_groups, encode_factor,
                          encode_scales, fake_quantize, group_scales, pack_int4, quantize_groups, round_factor,
-                         round_scales, unpack_int4)
+                         unpack_int4)
 
 SILU_FLOOR = -0.2785  # min of SiLU (x sigmoid x); GELU's is -0.170
 
@@ -49,11 +49,8 @@ def weight_quant_error(weight: torch.Tensor, bits: int, group_size: int, clip: f
     """weight - Q(weight): what round-to-nearest (with the groups' range clipped to `clip` x
     absmax) leaves [out, in]. With fp8 scales Q uses the scales as stored; fp16's rounding
     (2^-11 relative) is below anything the refit resolves and is left out."""
-    if scale_format == "fp16":
-        return weight - fake_quantize(weight, bits, group_size, clip=clip)
-    scale = round_scales(group_scales(weight, bits, group_size, clip=clip), scale_format)
-    q, _ = quantize_groups(weight, bits, group_size, scale=scale)
-    return weight - dequantize_groups(q, scale, group_size)
+    return weight - fake_quantize(weight, bits, group_size, clip=clip,
+                                  scale_format=None if scale_format == "fp16" else scale_format)
 
 
 def _svd_r(a: torch.Tensor, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,9 +84,14 @@ def dequantize_groups(q: torch.Tensor, scale: torch.Tensor, group_size: int) -> 
     return (_grouped(q.float(), group_size) * scale[..., None]).reshape(q.shape)
 
 
-def fake_quantize(x: torch.Tensor, bits: int, group_size: int, signed: bool = True, clip: float = 1.0) -> torch.Tensor:
-    """Quantize then dequantize (fp32, same shape): what a layer sees of x after quantization."""
-    q, scale = quantize_groups(x, bits, group_size, signed, scale=group_scales(x, bits, group_size, signed, clip))
+def fake_quantize(x: torch.Tensor, bits: int, group_size: int, signed: bool = True, clip: float = 1.0,
+                  scale_format: str | None = None) -> torch.Tensor:
+    """Quantize then dequantize (fp32, same shape): what a layer sees of x after quantization.
+    `scale_format` rounds the group scales to that storage first (None: fp32 scales)."""
+    scale = group_scales(x, bits, group_size, signed, clip)
+    if scale_format is not None:
+        scale = round_scales(scale, scale_format)
+    q, scale = quantize_groups(x, bits, group_size, signed, scale=scale)
     return dequantize_groups(q, scale, group_size)
 
 
