@@ -12,8 +12,8 @@ from torch import nn
 from accelerando.quant import (
     PRESETS,
     SVDQuantConfig,
-    allocate_ranks,
     SVDQuantLinear,
+    allocate_ranks,
     load_quantized,
     lowrank_refit,
     preset,
@@ -263,8 +263,8 @@ def test_allocate_ranks_spends_the_budget_where_the_error_falls_most():
     assert allocate_ranks(errors, [10, 10], budget=8 * 10 * 2) == [0, 16]
     assert allocate_ranks(errors, [10, 10], budget=8 * 10) == [0, 8]
     assert allocate_ranks(errors, [10, 10], budget=0) == [0, 0]
-    # a layer twice as wide pays twice per component: the narrow one wins at equal drops
-    assert allocate_ranks([{0: 1.0, 8: 0.5}, {0: 1.0, 8: 0.5}], [20, 10], budget=80) == [0, 8]
+    # equal drops, room for either upgrade: the narrower layer's, which spends less
+    assert allocate_ranks([{0: 1.0, 8: 0.5}, {0: 1.0, 8: 0.5}], [20, 10], budget=160) == [0, 8]
     # a flat step before a drop is crossed (a curve no greedy upgrade-by-upgrade would climb)
     assert allocate_ranks([{0: 1.0, 8: 1.0, 16: 0.1}], [10], budget=160) == [16]
     # no parameter is spent where it lowers no error, whatever the budget left
@@ -273,11 +273,13 @@ def test_allocate_ranks_spends_the_budget_where_the_error_falls_most():
     # (4, 8, 32) beats (16, 16, 16) with 48 components to share
     curves = [{0: 0.02, 4: 0.0, 8: 0.0, 16: 0.0}, {0: 0.02, 4: 0.015, 8: 0.011, 16: 0.0076, 32: 0.0038},
               {0: 0.023, 4: 0.017, 8: 0.0137, 16: 0.0071, 32: 0.0031}]
-    best = allocate_ranks(curves, [1, 1, 1], budget=48)
-    assert sum(best) <= 48 and sum(c[r] for c, r in zip(curves, best)) <= 0.0038 + 0.0137 + 1e-12
+    assert allocate_ranks(curves, [1, 1, 1], budget=48) == [4, 8, 32]
     # too fine a budget for the resolution: costs round up, the budget still holds
     coarse = allocate_ranks(curves, [7, 7, 7], budget=48 * 7, resolution=10)
     assert 7 * sum(coarse) <= 48 * 7
+    # a grid without 0 whose lowest ranks no longer fit once rounded up: an error, not an overspend
+    with pytest.raises(ValueError, match="resolution"):
+        allocate_ranks([{16: 1.0, 32: 0.5}, {16: 1.0, 32: 0.5}], [6, 19], budget=400, resolution=2)
     with pytest.raises(ValueError, match="budget"):
         allocate_ranks([{8: 1.0}], [10], budget=10)
     with pytest.raises(ValueError, match="per layer"):
@@ -474,6 +476,12 @@ def test_phase_coherent_objective_scores_candidates_on_decoded_audio():
 # --- the benchmark pieces ---------------------------------------------------------------------
 
 
+def _stored_bytes(model: nn.Module) -> int:
+    """Bytes of a quantized model as held: its quantized layers' buffers as stored, the rest fp16."""
+    return sum(t.numel() * (2 if t.is_floating_point() and not isinstance(m, SVDQuantLinear) else t.element_size())
+               for m in model.modules() for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
+
+
 @pytest.mark.parametrize("storage", [{}, {"scale_format": "fp8", "lowrank_bits": 8}])
 def test_weight_bytes_from_skeletons_equal_the_quantized_model(tiny_dit, storage):
     from accelerando.bench.quant import quantized_weight_bytes
@@ -482,9 +490,7 @@ def test_weight_bytes_from_skeletons_equal_the_quantized_model(tiny_dit, storage
     predicted = quantized_weight_bytes(tiny_dit, config)
     dit = _copy(tiny_dit)
     quantize_(dit, config)
-    stored = sum(t.numel() * (2 if t.is_floating_point() and not isinstance(m, SVDQuantLinear) else t.element_size())
-                 for m in dit.modules() for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
-    assert predicted["quantized_bytes"] == stored
+    assert predicted["quantized_bytes"] == _stored_bytes(dit)
     assert predicted["fp16_bytes"] == 2 * sum(p.numel() for p in tiny_dit.parameters())
     assert predicted["quantized_layers"] == 20 and predicted["ratio"] > 1
     # a rank per layer (as a knapsack allocation leaves them) counts each layer at its own rank
@@ -492,9 +498,10 @@ def test_weight_bytes_from_skeletons_equal_the_quantized_model(tiny_dit, storage
     mixed = SVDQuantConfig(group_size=16, rank=4, rank_allocation="knapsack", rank_grid=(0, 2, 8), **storage)
     dit = _copy(tiny_dit)
     report = quantize_(dit, mixed, calib=calib)
-    stored = sum(t.numel() * (2 if t.is_floating_point() and not isinstance(m, SVDQuantLinear) else t.element_size())
-                 for m in dit.modules() for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)))
-    assert quantized_weight_bytes(tiny_dit, mixed, ranks=report.ranks)["quantized_bytes"] == stored
+    assert len(set(report.ranks.values())) > 1
+    assert quantized_weight_bytes(tiny_dit, mixed, ranks=report.ranks)["quantized_bytes"] == _stored_bytes(dit)
+    with pytest.raises(ValueError, match="pass ranks="):
+        quantized_weight_bytes(tiny_dit, mixed)
 
 
 def test_int8_block_speed_record_on_a_tiny_config():

@@ -45,6 +45,9 @@ def quantized_weight_bytes(model: nn.Module, config: SVDQuantConfig, ranks: Mapp
     """{'fp16_bytes', 'quantized_bytes', 'ratio', 'quantized_layers', 'skipped_layers'} for `model`
     (any device, including meta) under `config`; `ranks` ({layer name: rank}, a `QuantReport.ranks`)
     gives the layers the ranks a per-layer allocation chose instead of `config.rank`."""
+    if config.rank_allocation != "uniform" and ranks is None:
+        raise ValueError(f"rank_allocation={config.rank_allocation!r} chooses each layer's rank from calibration data: "
+                         "pass ranks= (the QuantReport's .ranks) to count its bytes")
     fp16 = sum(p.numel() * 2 for p in model.parameters())
     quantized, layers, skipped, covered = 0, 0, 0, set()
     for name, module in model.named_modules():

@@ -6,13 +6,13 @@
     report.table()          # one row per linear: quantized or skipped (and why), alpha, errors
 
 Steps: pick the target linears (every nn.Linear whose name matches no `config.skip` substring and
-passes `filter_fn`); if the config smooths or searches clipping, record their inputs while `calib`
-runs the full-precision model; then, layer by layer, choose the smoothing and the weight clipping
-(`clip_grid`) by the objective, refit the low-rank branch, quantize the residual and swap an
-`SVDQuantLinear` in. With `rank_allocation="knapsack"` each layer is also refit at every rank of
-`rank_grid`, and the low-rank parameters of the uniform rank are then shared out across layers by
-their output errors (`allocate_ranks`). Layers that cannot be quantized (in_features not a multiple of the group) are
-skipped and reported, never altered.
+passes `filter_fn`); if the config smooths, searches clipping or allocates ranks, record their
+inputs while `calib` runs the full-precision model; then, layer by layer, choose the smoothing and
+the weight clipping (`clip_grid`) by the objective, refit the low-rank branch, quantize the
+residual and swap an `SVDQuantLinear` in. With `rank_allocation="knapsack"` each layer is also
+built at every rank of `rank_grid`, and the low-rank parameters of the uniform rank are then
+shared out across layers by their output errors (`allocate_ranks`). Layers that cannot be
+quantized (in_features not a multiple of the group) are skipped and reported, never altered.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable, Iterable
 
 import numpy as np
@@ -94,7 +93,7 @@ def search_candidates(config: SVDQuantConfig) -> list[tuple[tuple[float, float] 
 
 def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuantConfig,
                     audio_score: Callable[[SVDQuantLinear], float] | None = None
-                    ) -> tuple[SVDQuantLinear, dict, Callable[[int], SVDQuantLinear] | None]:
+                    ) -> tuple[SVDQuantLinear, dict, dict[int, SVDQuantLinear] | None]:
     """Choose the smoothing and weight clipping of one layer, then build it with the full low-rank refit.
 
     Candidates are ranked by the layer's output error on the calibration rows (SVDQuant's
@@ -102,8 +101,9 @@ def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuan
     model, renders audio and returns its distance to the full-precision audio), the best
     `config.audio_candidates` by layer error are re-ranked by what they do to the audio.
     Under `rank_allocation="knapsack"` the chosen candidate is also refit at every rank of
-    `config.rank_grid` the layer can hold (row "error_by_rank": {rank: layer error}), and the
-    third value rebuilds it at a given rank; otherwise the third value is None.
+    `config.rank_grid` the layer can hold (row "error_by_rank": {rank: layer error}) and the third
+    value holds those layers by rank; otherwise it is None. The smoothing and clipping are chosen
+    at `config.rank` either way ("layer_rank_of_choice" and "audio_error" describe that choice).
     """
     w = linear.weight.detach().float().cpu()
     signed, shift = True, 0.0
@@ -145,28 +145,33 @@ def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuan
         "weight_clip": best_clip,
         "act_signed": signed,
         "act_shift": shift,
-        "rank": layer.rank,  # config.rank, or less where the layer is narrower
-        "refit_errors": [round(e, 6) for e in layer.refit_errors],
+        **_built(layer),  # rank: config.rank, or less where the layer is narrower
         "error_rtn": score(build((None, 1.0), 0, 0)),
         "error": score(layer),
         "layer_rank_of_choice": [c for c, _ in ranked].index(best),
         "audio_error": audio_error,
-        "weight_bytes": layer.weight_bytes(),
         "fp16_bytes": 2 * w.numel() + (0 if linear.bias is None else 2 * linear.bias.numel()),
     }
     if config.rank_allocation == "uniform":
         return layer, row, None
-    widest = min(w.shape)
-    ranks = sorted({min(r, widest) for r in config.rank_grid})
-    row["error_by_rank"] = {r: row["error"] if r == layer.rank else score(build(best, config.refit_iters, r))
-                            for r in ranks}
-    return layer, row, partial(build, best, config.refit_iters)
+    by_rank = {layer.rank: layer}
+    for r in sorted({min(r, min(w.shape)) for r in config.rank_grid} - {layer.rank}):
+        by_rank[r] = build(best, config.refit_iters, r)
+    row["error_by_rank"] = {r: row["error"] if r == layer.rank else score(by_rank[r]) for r in sorted(by_rank)}
+    return layer, row, by_rank
+
+
+def _built(layer: SVDQuantLinear) -> dict:
+    """The report fields that depend on the layer as built (its rank, refit, storage)."""
+    return {"rank": layer.rank, "refit_errors": [round(e, 6) for e in layer.refit_errors],
+            "weight_bytes": layer.weight_bytes()}
 
 
 def allocate_ranks(errors: list[dict[int, float]], sizes: list[int], budget: float,
                    resolution: int = 200_000) -> list[int]:
     """A rank per layer that minimises the summed error within `budget` parameters: a
-    multiple-choice knapsack, solved exactly by dynamic programming over the parameters spent.
+    multiple-choice knapsack, solved by dynamic programming over the parameters spent (exactly
+    while budget / (gcd of the costs) <= `resolution`).
 
     errors  per layer, {rank: error at that rank} (e.g. relative output error on calibration rows).
     sizes   per layer, the parameters one rank component costs (in_features + out_features).
@@ -187,6 +192,9 @@ def allocate_ranks(errors: list[dict[int, float]], sizes: list[int], budget: flo
     unit = max(unit, math.ceil(budget / resolution))
     steps = int(budget // unit)
     units = [[math.ceil(c / unit) for c in layer] for layer in costs]
+    if sum(u[0] for u in units) > steps:
+        raise ValueError(f"at a resolution of {resolution} budget steps the lowest ranks' costs, rounded up, exceed "
+                         f"the budget of {budget}: raise resolution, or put 0 in the rank grid")
     spent_error = np.full(steps + 1, np.inf)  # least summed error spending exactly b steps so far
     spent_error[0] = 0.0
     choice = np.zeros((len(curves), steps + 1), dtype=np.int16)
@@ -209,24 +217,25 @@ def allocate_ranks(errors: list[dict[int, float]], sizes: list[int], budget: flo
     return ranks[::-1]
 
 
-def _allocate(rows: list[dict], rebuilds: list[Callable[[int], SVDQuantLinear]], layers: list[SVDQuantLinear],
-              config: SVDQuantConfig) -> list[SVDQuantLinear]:
-    """Ranks for the quantized layers within the parameters the uniform ranks spend (their `rows`
-    carry "error_by_rank"); keeps the uniform layers unless the summed layer error falls (it can
-    only fail to where a coarse `allocate_ranks` resolution rounded the uniform ranks out of reach)."""
+def _allocate(rows: list[dict], variants: list[dict[int, SVDQuantLinear]],
+              layers: list[SVDQuantLinear]) -> list[SVDQuantLinear]:
+    """Ranks for the quantized `layers` (built at the uniform rank; `variants` holds each one
+    built at every grid rank, `rows` their "error_by_rank") within the parameters the uniform
+    ranks spend; the uniform layers stay unless the summed layer error falls or stays equal for
+    fewer parameters. Updates the rows to the layers chosen."""
     errors = [r["error_by_rank"] for r in rows]
     sizes = [layer.in_features + layer.out_features for layer in layers]
     uniform = [layer.rank for layer in layers]
-    ranks = allocate_ranks(errors, sizes, sum(r * n for r, n in zip(uniform, sizes)))
-    if sum(e[r] for e, r in zip(errors, ranks)) >= sum(e[r] for e, r in zip(errors, uniform)):
+    try:
+        ranks = allocate_ranks(errors, sizes, sum(r * n for r, n in zip(uniform, sizes)))
+    except ValueError:  # a budget too fine for the resolution: the uniform ranks stand
         ranks = uniform
+    if sum(e[r] for e, r in zip(errors, ranks)) > sum(e[r] for e, r in zip(errors, uniform)):
+        ranks = uniform  # only where coarse rounding put the uniform ranks out of the search's reach
     chosen = []
-    for row, rebuild, layer, rank in zip(rows, rebuilds, layers, ranks):
-        if rank != layer.rank:
-            layer = rebuild(rank)
-            row.update(rank=layer.rank, refit_errors=[round(e, 6) for e in layer.refit_errors],
-                       error=row["error_by_rank"][rank], weight_bytes=layer.weight_bytes())
-        chosen.append(layer)
+    for row, by_rank, rank in zip(rows, variants, ranks):
+        row.update(_built(by_rank[rank]), error=row["error_by_rank"][rank])
+        chosen.append(by_rank[rank])
     return chosen
 
 
@@ -302,7 +311,7 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
     stats = record_inputs(model, targets, calib, config.calib_tokens, config.seed) if calib is not None else {}
     reference_audio, sr = audio_fn(model) if audio_domain else (None, None)
     modules = dict(model.named_modules())
-    placed = []  # (parent, child name, device, report row, rebuild, layer) of each quantized layer
+    placed = []  # (parent, child name, device, report row, layers by rank, layer) of each quantized layer
     for name in targets:
         linear = modules[name]
         if config.needs_calibration and name not in stats:
@@ -321,14 +330,14 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
             finally:
                 setattr(parent, child, linear)
 
-        layer, row, rebuild = _quantize_layer(linear, stats.get(name), config, audio_score if audio_domain else None)
+        layer, row, variants = _quantize_layer(linear, stats.get(name), config, audio_score if audio_domain else None)
         layer.backend = config.backend
         setattr(parent, child, layer.to(linear.weight.device))
         report.layers.append({"name": name, "status": "quantized", "reason": "", "shape": tuple(linear.weight.shape), **row})
-        placed.append((parent, child, linear.weight.device, report.layers[-1], rebuild, layer))
+        placed.append((parent, child, linear.weight.device, report.layers[-1], variants, layer))
     if config.rank_allocation == "knapsack" and placed:
-        parents, children, devices, rows, rebuilds, layers = zip(*placed)
-        for parent, child, device, layer in zip(parents, children, devices, _allocate(rows, rebuilds, layers, config)):
+        parents, children, devices, rows, variants, layers = zip(*placed)
+        for parent, child, device, layer in zip(parents, children, devices, _allocate(rows, variants, layers)):
             layer.backend = config.backend
             setattr(parent, child, layer.to(device))
     report.seconds = time.perf_counter() - start
