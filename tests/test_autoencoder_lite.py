@@ -1,7 +1,7 @@
 """Stable-Audio-Lite autoencoder: shapes, checkpoint round trip and errors, a few training steps.
 
-Everything runs on AUTOENCODER_TINY_CONFIG (same hop as the Lite config), except a meta-device
-parameter count of the Lite config itself.
+Everything runs on AUTOENCODER_TINY_CONFIG (same strides and frame group as the Lite config),
+except a meta-device parameter count of the Lite config itself.
 """
 
 import json
@@ -21,6 +21,7 @@ from accelerando.models.autoencoder_lite import (
     load_autoencoder_lite,
     save_autoencoder_lite,
 )
+from accelerando.models.latent_grouping import group_frames, latent_channels
 from accelerando.train.autoencoder import (TrainConfig, bake_balanced_upsamplers, balance_polyphase, balance_upsamplers,
                                            complex_loss, loss_terms, mel_loss, mrstft_loss, random_crops, train)
 
@@ -30,8 +31,9 @@ TINY = AUTOENCODER_TINY_CONFIG
 def test_lite_config_geometry_and_size():
     vae = build_autoencoder_lite(device="meta")
     assert hop_length() == 1024 and AUTOENCODER_LITE_CONFIG["sampling_rate"] / hop_length() == pytest.approx(21.53, abs=0.01)
+    assert vae.hop_length == 1024 and latent_channels(vae) == 64  # Stable Audio Open's latent shape
     assert vae.config.audio_channels == 1 and vae.config.decoder_input_channels == 16
-    assert 5e6 < sum(p.numel() for p in vae.parameters()) < 12e6
+    assert 1.5e6 < sum(p.numel() for p in vae.parameters()) < 4e6
 
 
 @pytest.mark.parametrize("frames", [1, 3, 16])
@@ -41,7 +43,8 @@ def test_encode_decode_shapes(frames):
     with torch.no_grad():
         posterior = vae.encode(torch.randn(2, 1, samples)).latent_dist
         z = posterior.mode()
-        assert z.shape == (2, TINY["decoder_input_channels"], frames) == posterior.sample().shape
+        assert z.shape == (2, latent_channels(vae), frames) == posterior.sample().shape
+        assert latent_channels(vae) == TINY["decoder_input_channels"] * TINY["latent_frame_group"]
         assert latent_frames(samples, TINY) == frames
         assert vae.decode(z).sample.shape == (2, 1, samples)
     # a ragged tail is dropped, as latent_frames says
@@ -153,7 +156,9 @@ def test_loss_options_add_their_terms_and_unknown_ones_are_refused():
 
 def test_balanced_upsamplers_turn_a_constant_latent_into_a_constant_output(tmp_path):
     vae = build_autoencoder_lite(TINY, seed=0).eval()
-    z = torch.randn(1, TINY["decoder_input_channels"], 1, generator=torch.Generator().manual_seed(0)).repeat(1, 1, 48)
+    g = TINY["latent_frame_group"]  # a latent constant over the decoder's own frames, grouped as the model groups
+    z = torch.randn(1, TINY["decoder_input_channels"], 1, generator=torch.Generator().manual_seed(0)).repeat(1, 1, 48 * g)
+    z = group_frames(z, g)
     middle = slice(20 * hop_length(TINY), 28 * hop_length(TINY))  # away from the zero padding at the ends
 
     def periodic_part(model):
@@ -172,7 +177,7 @@ def test_balanced_upsamplers_turn_a_constant_latent_into_a_constant_output(tmp_p
         handle.remove()
     assert torch.allclose(periodic_part(vae)[1], y_hooked, atol=1e-5)  # the weights now hold the projection
     save_autoencoder_lite(vae, tmp_path / "ae")
-    plain_again = load_autoencoder_lite(tmp_path / "ae", expect_config=TINY).eval()  # a stock AutoencoderOobleck
+    plain_again = load_autoencoder_lite(tmp_path / "ae", expect_config=TINY).eval()  # no hooks
     assert periodic_part(plain_again)[0] < 1e-2 * plain  # fp16 storage rounds the balance, barely
 
     w = torch.randn(3, 2, 8)
@@ -206,7 +211,42 @@ def test_trainer_model_choices_name_their_configs():
     from accelerando.models.autoencoder_lite import hop_length
     from accelerando.train.autoencoder import MODEL_CONFIGS
 
-    assert hop_length(MODEL_CONFIGS["lite"]) == 1024 and hop_length(MODEL_CONFIGS["lite-hop256"]) == 256
-    assert MODEL_CONFIGS["lite-hop256"]["decoder_input_channels"] == MODEL_CONFIGS["lite"]["decoder_input_channels"]
-    with pytest.raises(ValueError, match="lite-hop256"):
+    # both give 21.5 latent frames/s: hop 256 x 4 frames per latent frame, and hop 1024 ungrouped
+    assert hop_length(MODEL_CONFIGS["lite"]) == hop_length(MODEL_CONFIGS["lite-hop1024"]) == 1024
+    assert MODEL_CONFIGS["lite"]["latent_frame_group"] == 4 and MODEL_CONFIGS["lite-hop1024"]["latent_frame_group"] == 1
+    with pytest.raises(ValueError, match="lite-hop1024"):
         TrainConfig(model="hop256")
+
+
+def test_a_stock_checkpoint_loads_as_group_one_and_the_kl_counts_encoder_frames(tmp_path):
+    """A checkpoint of diffusers' own class (no grouping) loads with its layout; grouping the same
+    weights changes the latent layout, not the KL per encoder frame the trainer weighs."""
+    stock_config = {**TINY, "latent_frame_group": 1}
+    stock = build_autoencoder_lite(stock_config, seed=2).eval()
+    ck = save_autoencoder_lite(stock, tmp_path / "stock")
+    meta = json.loads((ck / CONFIG_FILE).read_text())
+    meta["class"] = "AutoencoderOobleck"
+    del meta["config"]["latent_frame_group"]  # as diffusers' AutoencoderOobleck writes it
+    (ck / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded = load_autoencoder_lite(ck, expect_config=None)
+    assert loaded.config.latent_frame_group == 1 and latent_channels(loaded) == TINY["decoder_input_channels"]
+    with pytest.raises(ValueError, match="latent_frame_group"):
+        load_autoencoder_lite(ck, expect_config=TINY)
+    grouped = build_autoencoder_lite(TINY, seed=2).eval()
+    x = torch.randn(2, 1, 8 * 1024, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    kl_stock = loss_terms(stock, x, TrainConfig(stft_windows=(128,)))["kl"]
+    torch.manual_seed(0)
+    kl_grouped = loss_terms(grouped, x, TrainConfig(stft_windows=(128,)))["kl"]
+    assert torch.allclose(kl_stock, kl_grouped, rtol=1e-4)
+
+
+def test_command_line_booleans_and_none_defaults_parse_as_their_types():
+    from accelerando.train import config_from_argv
+
+    cfg = config_from_argv(TrainConfig, ["--balanced_upsamplers", "False", "--max_steps", "3"], "")
+    assert cfg.balanced_upsamplers is False and cfg.max_steps == 3
+    assert config_from_argv(TrainConfig, ["--balanced_upsamplers", "true"], "").balanced_upsamplers is True
+    assert config_from_argv(TrainConfig, [], "").balanced_upsamplers is True  # the default
+    with pytest.raises(SystemExit):
+        config_from_argv(TrainConfig, ["--balanced_upsamplers", "maybe"], "")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
+from accelerando.models.latent_grouping import latent_channels
 from accelerando.models.codec_lite import LatentCodec, ResidualVQ, codec_reconstruction
 from accelerando.models.patterns import (delay_pattern, flatten_pattern, sequence_steps, undelay_pattern,
                                          unflatten_pattern)
@@ -48,7 +49,8 @@ def test_latent_codec_encodes_and_decodes_audio():
     wav = torch.randn(2, 1, 1024 * 8) * 0.1
     with torch.no_grad():
         z = vae.encode(wav).latent_dist.mode()
-    codec = LatentCodec(vae, ResidualVQ.fit(z.transpose(1, 2).reshape(-1, 4), codebooks=2, size=4, iters=3))
+    c = latent_channels(vae)  # 4 encoder channels x 4 frames per latent frame
+    codec = LatentCodec(vae, ResidualVQ.fit(z.transpose(1, 2).reshape(-1, c), codebooks=2, size=4, iters=3))
     codes = codec.encode(wav)
     assert codes.shape == (2, 2, 8)
     assert codec.decode(codes).shape == (2, 1, 8 * 1024)
@@ -58,12 +60,13 @@ def test_latent_codec_encodes_and_decodes_audio():
     assert [r["stage"] for r in rows] == ["autoencoder", "1 codebook", "2 codebooks"]
     assert rows[1]["bitrate"] == pytest.approx(codec.frame_rate * 2) and rows[0]["bitrate"] is None
     assert rows[1]["latent_rel_err"] >= rows[2]["latent_rel_err"]
+    assert all(isinstance(r["chroma"], float) for r in rows)  # the notes kept, per stage: defined for this input
     cached = codec_reconstruction(codec, wav[0], latents=z[0])  # the same latents, given: the same rows
     assert [r["mrstft"] for r in cached] == pytest.approx([r["mrstft"] for r in rows])
     with pytest.raises(ValueError, match="samples"):
         codec.encode(torch.zeros(2, 1024))
     with pytest.raises(ValueError, match="fit the RVQ"):
-        LatentCodec(vae, ResidualVQ(2, 4, 16))
+        LatentCodec(vae, ResidualVQ(2, 4, c // 4))  # the encoder's channels, ungrouped: not the latents
 
 
 def test_codec_checkpoint_round_trips_and_refuses_another_autoencoder(tmp_path):
@@ -73,7 +76,7 @@ def test_codec_checkpoint_round_trips_and_refuses_another_autoencoder(tmp_path):
 
     vae = build_autoencoder_lite(AUTOENCODER_TINY_CONFIG).eval()
     save_autoencoder_lite(vae, tmp_path / "ae")
-    rvq = ResidualVQ.fit(torch.randn(200, 4), codebooks=2, size=8, iters=2)
+    rvq = ResidualVQ.fit(torch.randn(200, latent_channels(vae)), codebooks=2, size=8, iters=2)
     save_codec_lite(rvq, tmp_path / "codec", vae_path=tmp_path / "ae")
     codec = load_codec_lite(tmp_path / "codec", vae_path=tmp_path / "ae")
     assert torch.allclose(codec.rvq.codebooks, rvq.codebooks.half().float())

@@ -8,6 +8,7 @@ import torch
 
 from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite, save_autoencoder_lite
 from accelerando.models.codec_lite import LatentCodec, ResidualVQ, save_codec_lite
+from accelerando.models.latent_grouping import latent_channels
 from accelerando.models.musicgen_lite import (
     TINY_CONFIG,
     MusicGenLite,
@@ -117,7 +118,7 @@ def tiny_codec_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("codec")
     vae = build_autoencoder_lite(AUTOENCODER_TINY_CONFIG, seed=0).eval()
     save_autoencoder_lite(vae, root / "vae")
-    rvq = ResidualVQ.fit(torch.randn(400, vae.config.decoder_input_channels), codebooks=2, size=16, iters=3)
+    rvq = ResidualVQ.fit(torch.randn(400, latent_channels(vae)), codebooks=2, size=16, iters=3)
     save_codec_lite(rvq, root / "codec", vae_path=root / "vae")
     return root
 

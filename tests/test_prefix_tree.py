@@ -198,11 +198,12 @@ def test_the_edit_measurement_runs_and_its_checks_hold():
     from accelerando.bench.prefix import lite_prefix_edits, summarize
     from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
     from accelerando.models.codec_lite import LatentCodec, ResidualVQ
+    from accelerando.models.latent_grouping import latent_channels
     from accelerando.models.musicgen_lite import MusicGenLitePipeline
 
     torch.manual_seed(0)
     vae = build_autoencoder_lite(AUTOENCODER_TINY_CONFIG, seed=0).eval()
-    codec = LatentCodec(vae, ResidualVQ.fit(torch.randn(400, 4), codebooks=2, size=16, iters=3))
+    codec = LatentCodec(vae, ResidualVQ.fit(torch.randn(400, latent_channels(vae)), codebooks=2, size=16, iters=3))
     pipe = MusicGenLitePipeline(tiny("a"), codec, text_encoder=FakeText())
     rows, kept = lite_prefix_edits(pipe, ["one"], seconds=1.5, at_fractions=(0.4, 0.7), branches=3, keep_audio=1)
     assert len(rows) == 2 and set(kept) == {(0, r["at"]) for r in rows}

@@ -8,16 +8,18 @@ import pytest
 import torch
 
 from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
+from accelerando.models.latent_grouping import decoder_hop, latent_channels
 from accelerando.models.stable_audio import build_stable_audio
 from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite, generate
 from accelerando.sparse import CachedDecoder, EditSession, decode_window, measured_reach, receptive_field
 from accelerando.sparse.dit import KVCacheAttention, dit_forward
 
 
-@pytest.fixture(scope="module")
-def vae():
+@pytest.fixture(scope="module", params=[4, 1], ids=["grouped", "stock"])
+def vae(request):
+    """The tiny autoencoder with 4 encoder frames per latent frame (the book's layout) and without."""
     torch.manual_seed(0)
-    return build_autoencoder_lite(AUTOENCODER_TINY_CONFIG).eval()
+    return build_autoencoder_lite({**AUTOENCODER_TINY_CONFIG, "latent_frame_group": request.param}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +37,21 @@ def test_sparse_decode_equals_full_decode(vae, regions):
     """Random edits, the track's ends included, several at once: cached and windowed re-decoding
     both give the full decode's samples to float rounding."""
     gen = torch.Generator().manual_seed(len(regions))
-    z = torch.randn(2, 4, 64, generator=gen)
+    c = latent_channels(vae)
+    z = torch.randn(2, c, 64, generator=gen)
     dec = CachedDecoder(vae)
     assert torch.allclose(dec.decode(z), _decode(vae, z), atol=1e-6)
     z2 = z.clone()
     for a, b in regions:
-        z2[..., a:b] = torch.randn(2, 4, b - a, generator=gen)
+        z2[..., a:b] = torch.randn(2, c, b - a, generator=gen)
     full = _decode(vae, z2)
     scale = full.abs().max()
     assert (dec.update(z2) - full).abs().max() <= 1e-5 * scale
-    assert dec.last_update["frames"] == regions if len(regions) > 1 else True
+    assert dec.last_update["frames"] == regions
     win = decode_window(vae, z2, 1000, 9000)
     assert (win - full[..., 1000:9000]).abs().max() <= 1e-5 * scale
+    edge = decode_window(vae, z2, full.shape[-1] - 3000, full.shape[-1])  # the track's end
+    assert (edge - full[..., -3000:]).abs().max() <= 1e-5 * scale
     # a second edit on top of the first: the cache follows the track
     z3 = z2.clone()
     z3[..., 30:31] += 1
@@ -65,7 +70,7 @@ def _decode_cached(vae, z):
 
 
 def test_unedited_samples_outside_the_reach_are_bit_identical(vae):
-    z = torch.randn(1, 4, 64)
+    z = torch.randn(1, latent_channels(vae), 64)
     dec = CachedDecoder(vae)
     before = dec.decode(z)
     z2 = z.clone()
@@ -90,7 +95,7 @@ def test_decoder_speed_times_without_undo_tiles_and_counts_them_per_kept_edit(va
 
 def _cached_maps(vae, frames: int) -> list[torch.Tensor]:
     dec = CachedDecoder(vae)
-    dec.decode(torch.randn(1, vae.config.decoder_input_channels, frames))
+    dec.decode(torch.randn(1, latent_channels(vae), frames))
     return dec.maps
 
 
@@ -101,22 +106,22 @@ def test_receptive_field_from_the_index_algebra_matches_a_measured_impulse(vae):
     seen = measured_reach(vae, frames=64)
     for side in ("left", "right"):
         assert 0 <= seen[f"{side}_samples"] <= rf[f"spread_samples_{side}"]
-        assert rf[f"spread_samples_{side}"] - seen[f"{side}_samples"] < rf["hop"]
+        assert rf[f"spread_samples_{side}"] - seen[f"{side}_samples"] < decoder_hop(vae)  # one decoder frame
 
 
 def test_decoder_refuses_bad_latents(vae):
-    dec = CachedDecoder(vae)
+    dec, c = CachedDecoder(vae), latent_channels(vae)
     with pytest.raises(RuntimeError, match="decode"):
-        dec.update(torch.zeros(1, 4, 16))
+        dec.update(torch.zeros(1, c, 16))
     with pytest.raises(ValueError, match="NaN"):
-        dec.decode(torch.full((1, 4, 16), float("nan")))
-    with pytest.raises(ValueError, match="channels"):
-        dec.decode(torch.zeros(1, 3, 16))
-    dec.decode(torch.zeros(1, 4, 16))
+        dec.decode(torch.full((1, c, 16), float("nan")))
+    with pytest.raises(ValueError, match=f"{c} channels"):
+        dec.decode(torch.zeros(1, c - 1, 16))
+    dec.decode(torch.zeros(1, c, 16))
     with pytest.raises(ValueError, match="new track"):
-        dec.update(torch.zeros(1, 4, 20))
+        dec.update(torch.zeros(1, c, 20))
     with pytest.raises(ValueError, match="inside"):
-        decode_window(vae, torch.zeros(1, 4, 16), 0, 10**9)
+        decode_window(vae, torch.zeros(1, c, 16), 0, 10**9)
 
 
 def test_dit_forward_dense_equals_stock_and_sparse_over_everything_equals_dense(tiny_pipe):

@@ -17,6 +17,7 @@ import torch
 
 from ..metrics.fidelity import complex_mrstft_distance, mrstft_distance
 from ..metrics.seams import seam_jump
+from ..models.latent_grouping import latent_channels
 from ..sparse import CachedDecoder, EditSession, KVCacheAttention, decode_window, dit_forward
 from .baseline import dit_inputs
 from .measure import compare
@@ -42,7 +43,7 @@ def decoder_speed(vae, frames: int, fractions: list[float], *, rounds: int = 2, 
     window, relative to the track's peak.
     """
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(1, vae.config.decoder_input_channels, frames, generator=gen)
+    z = torch.randn(1, latent_channels(vae), frames, generator=gen)
     dec = CachedDecoder(vae)
     dec.decode(z)
     calls = {"full": lambda: vae.decode(dec.latents).sample}

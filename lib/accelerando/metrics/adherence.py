@@ -68,3 +68,20 @@ def chroma_correlation(ref: torch.Tensor, gen: torch.Tensor, sr: int) -> float |
     if a.std() == 0 or b.std() == 0:
         return None
     return float(np.corrcoef(a, b)[0, 1])
+
+
+PITCH_KEPT_CI_LOW = 0.7  # the chroma correlation's interval lies above this: the notes survive
+PITCH_PARTLY_MEAN = 0.3  # mean above this: some of the pitch-class content survives
+
+
+def pitch_preservation(mean: float | None, ci_low: float | None) -> str:
+    """Whether a round trip keeps the notes, from the chroma correlation of reconstructions with
+    their originals (`chroma_correlation`: mean over clips and the lower end of its 95 % interval):
+    "kept" when the interval lies above 0.7, "partly kept" when the mean is above 0.3, "lost"
+    otherwise, "undefined" when no clip has a defined chroma. One rule for every chapter that
+    judges an autoencoder or codec (Chapters 3 and 6)."""
+    if mean is None or np.isnan(mean):
+        return "undefined"
+    if ci_low is not None and not np.isnan(ci_low) and ci_low > PITCH_KEPT_CI_LOW:
+        return "kept"
+    return "partly kept" if mean > PITCH_PARTLY_MEAN else "lost"

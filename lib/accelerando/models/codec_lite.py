@@ -4,11 +4,11 @@ Stable-Audio-Lite autoencoder's latents.
 MusicGen tokenizes audio with EnCodec: a convolutional autoencoder whose latents an RVQ turns
 into K parallel code streams (4 codebooks of 2048 at 50 frames/s for musicgen-small). No
 EnCodec weights can be downloaded here, and the Lite autoencoder of Chapter 3 already turns
-22.05 kHz audio into 16 continuous latents at 21.5 frames/s. So the codec is that autoencoder
+22.05 kHz audio into 64 continuous latents at 21.5 frames/s. So the codec is that autoencoder
 plus an RVQ fitted on its latents of the training split, stage by stage, with k-means on what the
 previous stages leave (the residual):
 
-    z = vae.encode(wav).latent_dist.mode()     [B, 16, T]
+    z = vae.encode(wav).latent_dist.mode()     [B, 64, T]
     codes[k] = argmin_j || r_k - C_k[j] ||,    r_0 = z,  r_{k+1} = r_k - C_k[codes[k]]
     z_hat = sum_k C_k[codes[k]]                 -> vae.decode(z_hat)
 
@@ -28,6 +28,8 @@ from typing import Protocol
 
 import torch
 from torch import nn
+
+from .latent_grouping import latent_channels
 
 
 class TokenCodec(Protocol):
@@ -143,9 +145,9 @@ class LatentCodec:
     """Audio <-> RVQ codes through the Lite autoencoder: the tokenizer of MusicGen-Lite."""
 
     def __init__(self, vae, rvq: ResidualVQ):
-        if vae.config.decoder_input_channels != rvq.codebooks.shape[2]:
+        if latent_channels(vae) != rvq.codebooks.shape[2]:
             raise ValueError(f"the RVQ quantizes {rvq.codebooks.shape[2]}-dim latents, the autoencoder has "
-                             f"{vae.config.decoder_input_channels}: fit the RVQ on this autoencoder's latents")
+                             f"{latent_channels(vae)}: fit the RVQ on this autoencoder's latents")
         self.vae, self.rvq = vae, rvq
         self.weights_sha256: str | None = None  # set by load_codec_lite: the codebooks' file
 
@@ -192,13 +194,15 @@ class LatentCodec:
 
 @torch.no_grad()
 def codec_reconstruction(codec: TokenCodec, wav: torch.Tensor, latents: torch.Tensor | None = None) -> list[dict]:
-    """How one clip survives the codec, a row per stage: MR-STFT distance and SI-SDR (dB) of the
-    decoded audio against the clip, with 1..K codebooks (the codes' bitrate in bit/s beside).
+    """How one clip survives the codec, a row per stage: MR-STFT distance, SI-SDR (dB) and chroma
+    correlation (whether the notes survive; None for a flat chroma) of the decoded audio against
+    the clip, with 1..K codebooks (the codes' bitrate in bit/s beside).
 
     wav [channels, samples] at codec.sample_rate. For Codec-Lite the first row is the
     autoencoder's own round trip (no quantizer: the ceiling of any quantizer of its latents) and
     each stage also gives the latent error relative to the latents' energy; `latents`
     [dim, frames] are the clip's cached latents (of its first frames x hop samples), else encoded."""
+    from ..metrics.adherence import chroma_correlation
     from ..metrics.fidelity import mrstft_distance, si_sdr
 
     wav = wav.float()
@@ -223,7 +227,8 @@ def codec_reconstruction(codec: TokenCodec, wav: torch.Tensor, latents: torch.Te
         rows.append({"stage": f"{k} codebook{'s' if k > 1 else ''}", "codebooks": k,
                      "bitrate": token_bitrate(codec.frame_rate, k, codec.codebook_size) if k else None,
                      **fields, "mrstft": mrstft_distance(ref, out, codec.sample_rate),
-                     "si_sdr": si_sdr(ref, out, codec.sample_rate)})
+                     "si_sdr": si_sdr(ref, out, codec.sample_rate),
+                     "chroma": chroma_correlation(torch.from_numpy(ref), torch.from_numpy(out), codec.sample_rate)})
     return rows
 
 

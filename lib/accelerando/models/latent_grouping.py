@@ -62,6 +62,8 @@ class AutoencoderOobleckLite(AutoencoderOobleck):
                          channel_multiples=channel_multiples, decoder_channels=decoder_channels,
                          decoder_input_channels=decoder_input_channels, audio_channels=audio_channels,
                          sampling_rate=sampling_rate)
+        # Samples per latent frame: StableAudioPipeline and this library size audio by it.
+        self.hop_length = int(math.prod(downsampling_ratios)) * int(latent_frame_group)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         h = super()._encode(x)
@@ -90,6 +92,13 @@ def latent_channels(vae: AutoencoderOobleck) -> int:
     return vae.config.decoder_input_channels * latent_frame_group(vae)
 
 
+def decoder_hop(vae: AutoencoderOobleck) -> int:
+    """Audio samples per encoder (and decoder) frame: the product of the strides. A decoder that
+    repeats itself does so at this period, not at the latent hop."""
+    return math.prod(vae.config.downsampling_ratios)
+
+
 def latent_hop(vae: AutoencoderOobleck) -> int:
-    """Audio samples per latent frame: the product of the strides times the frame group."""
+    """Audio samples per latent frame: the product of the strides times the frame group (the
+    model's `hop_length`, which the pipeline sizes audio by)."""
     return math.prod(vae.config.downsampling_ratios) * latent_frame_group(vae)

@@ -1,9 +1,10 @@
-"""Stable-Audio-Lite: a small latent text-to-audio diffusion model on the stock diffusers classes.
+"""Stable-Audio-Lite: a small latent text-to-audio diffusion model on the diffusers classes.
 
-Every part is the class the full-size Stable Audio Open uses, in a small config, so a patch that
-works here (quantization, sparse editing, attention) applies unchanged to the real model:
+Every part is the class the full-size Stable Audio Open uses, in a small config (the autoencoder
+a subclass that only changes its latent layout, same weights and modules), so a patch that works
+here (quantization, sparse editing, attention) applies unchanged to the real model:
 
-    vae               AutoencoderOobleck, `autoencoder_lite` (22.05 kHz mono, 16 latents, 21.5 fps)
+    vae               AutoencoderOobleckLite, `autoencoder_lite` (22.05 kHz mono, 64 latents, 21.5 fps)
     text_encoder      the pretrained all-MiniLM-L6-v2 BertModel, frozen (in place of T5-base)
     tokenizer         its WordPiece tokenizer, prompts padded to 64 tokens (T5's: 128)
     projection_model  StableAudioProjectionModel: 384 -> 128, seconds conditioners over 0..10 s
@@ -50,6 +51,7 @@ from ..machine import REPO_ROOT
 from .autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS_FILE
 from .autoencoder_lite import load_autoencoder_lite
 from .common import seeded_build
+from .latent_grouping import latent_channels
 from .stable_audio import SCHEDULER_CONFIG
 from .text_encoder import check_prompts, shared_text_encoder
 
@@ -62,12 +64,12 @@ VAE_CHECKPOINT = CHECKPOINTS / "autoencoder_lite"
 # x 1024 samples / 22050 Hz = 9.99 s, the corpus's clip length.
 DIT_LITE_CONFIG = dict(
     sample_size=215,
-    in_channels=16,  # = the Lite autoencoder's latent channels
+    in_channels=64,  # = the Lite autoencoder's latent channels (as published)
     num_layers=8,
     attention_head_dim=64,
     num_attention_heads=2,  # 2 x 64 = 128 wide
     num_key_value_attention_heads=1,
-    out_channels=16,
+    out_channels=64,
     cross_attention_dim=64,  # = 1 KV head x 64, as 768 = 12 x 64 in the full model
     time_proj_dim=256,
     global_states_input_dim=256,  # seconds_start ++ seconds_end embeddings, 2 x conditioning_dim
@@ -75,12 +77,12 @@ DIT_LITE_CONFIG = dict(
 )
 DIT_TINY_CONFIG = dict(
     sample_size=16,  # 0.74 s at 21.5 frames/s
-    in_channels=4,  # = AUTOENCODER_TINY_CONFIG's latents
+    in_channels=16,  # = AUTOENCODER_TINY_CONFIG's latent channels
     num_layers=2,
     attention_head_dim=16,
     num_attention_heads=2,
     num_key_value_attention_heads=1,
-    out_channels=4,
+    out_channels=16,
     cross_attention_dim=16,
     time_proj_dim=32,
     global_states_input_dim=64,
@@ -160,9 +162,9 @@ def build_stable_audio_lite(
     """
     dit_config = dict(DIT_LITE_CONFIG if dit_config is None else dit_config)
     vae = load_autoencoder_lite(VAE_CHECKPOINT) if vae is None else vae
-    if vae.config.decoder_input_channels != dit_config["in_channels"]:
+    if latent_channels(vae) != dit_config["in_channels"]:
         raise ValueError(
-            f"the autoencoder has {vae.config.decoder_input_channels} latent channels, the DiT config "
+            f"the autoencoder has {latent_channels(vae)} latent channels, the DiT config "
             f"in_channels={dit_config['in_channels']}: pair DIT_LITE_CONFIG with the Lite autoencoder "
             f"and DIT_TINY_CONFIG with AUTOENCODER_TINY_CONFIG"
         )

@@ -38,6 +38,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..models.latent_grouping import latent_channels, latent_frame_group, ungroup_frames
+
 Range = tuple[int, int]
 
 
@@ -132,9 +134,16 @@ class Segment:
 
 
 def decoder_segments(vae) -> list[Segment]:
-    """The Oobleck decoder as segments: input conv, one per upsampling block, output conv."""
+    """The Oobleck decoder as segments: input conv, one per upsampling block, output conv; for
+    grouped latents (`latent_grouping`) an "ungroup" segment first, whose index algebra is that of
+    a transposed conv with kernel = stride = the group (a weightless meta-device module carries
+    the geometry)."""
     dec = vae.decoder
     segments = [Segment("conv1", dec.conv1, [dec.conv1])]
+    group = latent_frame_group(vae)
+    if group > 1:
+        geometry = nn.ConvTranspose1d(1, 1, group, stride=group, device="meta")
+        segments.insert(0, Segment("ungroup", lambda z: ungroup_frames(z, group), [geometry]))
     for i, block in enumerate(dec.block):
         convs = [block.conv_t1]
         for unit in (block.res_unit1, block.res_unit2, block.res_unit3):
@@ -144,10 +153,22 @@ def decoder_segments(vae) -> list[Segment]:
     return segments
 
 
+def whole_decoder(vae) -> Segment:
+    """The decoder as one segment: latents in, audio out."""
+    segments = decoder_segments(vae)
+
+    def run(z: torch.Tensor) -> torch.Tensor:
+        for seg in segments:
+            z = seg.fn(z)
+        return z
+
+    return Segment("decoder", run, [c for s in segments for c in s.convs])
+
+
 def receptive_field(vae) -> dict:
     """The decoder's reach from the index algebra: how many latent frames one changed frame's
     output spreads past its own hop on each side, and how many frames an output sample reads."""
-    whole = Segment("decoder", vae.decoder, [c for s in decoder_segments(vae) for c in s.convs])
+    whole = whole_decoder(vae)
     frames, hop = 4096, vae.hop_length
     mid = frames // 2
     lo, hi = whole.changed((mid, mid + 1), frames)
@@ -165,7 +186,7 @@ def measured_reach(vae, frames: int = 64, frame: int | None = None, seed: int = 
     track's peak (to judge the size of the tail)."""
     frame = frames // 2 if frame is None else frame
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(1, vae.config.decoder_input_channels, frames, generator=gen)
+    z = torch.randn(1, latent_channels(vae), frames, generator=gen)
     z2 = z.clone()
     z2[..., frame] += torch.randn(z2[..., frame].shape, generator=gen)
     base, moved = vae.decode(z).sample, vae.decode(z2).sample
@@ -182,9 +203,9 @@ def measured_reach(vae, frames: int = 64, frame: int | None = None, seed: int = 
 
 
 def check_latents(vae, z: torch.Tensor) -> None:
-    if z.ndim != 3 or z.shape[1] != vae.config.decoder_input_channels:
+    if z.ndim != 3 or z.shape[1] != latent_channels(vae):
         raise ValueError(f"latents of shape {tuple(z.shape)}: expected [batch, "
-                         f"{vae.config.decoder_input_channels} channels, frames]")
+                         f"{latent_channels(vae)} channels, frames]")
     if not torch.isfinite(z).all():
         raise ValueError("latents contain NaN or inf: decode finite latents (check the sampler's output)")
 
@@ -196,7 +217,7 @@ def decode_window(vae, z: torch.Tensor, start: int, end: int) -> torch.Tensor:
     z [batch, channels, frames]; start/end in samples. Returns [batch, audio_channels, end - start].
     """
     check_latents(vae, z)
-    whole = Segment("decoder", vae.decoder, [c for s in decoder_segments(vae) for c in s.convs])
+    whole = whole_decoder(vae)
     total = whole.lengths(z.shape[-1])[-1]
     if not 0 <= start < end <= total:
         raise ValueError(f"samples [{start}, {end}) are not inside the decoded track [0, {total})")
@@ -221,7 +242,7 @@ class CachedDecoder:
     def __init__(self, vae):
         self.vae = vae
         self.segments = decoder_segments(vae)
-        self.maps: list[torch.Tensor] | None = None  # [z, after conv1, after each block, audio]
+        self.maps: list[torch.Tensor] | None = None  # [z, (ungrouped z,) after conv1, after each block, audio]
         self.last_update: dict = {}  # changed ranges, recomputed fraction and seconds per segment
         self.last_decode: dict = {}  # seconds per segment of the last full decode
         self._undo: list[list[tuple[int, Range, torch.Tensor]]] = []  # per update: (map, range, old tile)

@@ -13,25 +13,25 @@ bands (DAC's multi-scale mel loss, Kumar et al. 2023: windows 32 ... 2048 with 5
 and `complex_weight` adds an L1 on power-law compressed complex STFTs (|X|^0.3 e^{i phase}), which
 scores phase as well as magnitude.
 
-Known limit of the committed checkpoint: its output repeats every hop (1024 samples), so its
-partials sit on multiples of the 21.5 Hz frame rate whatever the input
-(`accelerando.metrics.artifacts.frame_comb_fraction`, logged at every validation as
-`frame_comb`; Chapter 3 measures 0.12 on the test clips and 0.93 on its reconstructions, 0.19
-being chance). Neither alternative loss moved it, nor did overfitting one clip (checkpoints/
-README.md lists the pilots). The cause is the decoder's upsamplers: a ConvTranspose1d of stride s
+Why the committed checkpoint has a hop of 256 and balanced upsamplers: the earlier hop-1024
+decoder rendered every latent frame as nearly the same waveform, so its partials sat on multiples
+of the 21.5 Hz frame rate whatever the input (`accelerando.metrics.artifacts.frame_comb_fraction`,
+logged at every validation as `frame_comb`: 0.93 on its reconstructions, 0.12 on the music, 0.19
+chance) and the notes were lost. The comb came from the upsamplers: a ConvTranspose1d of stride s
 and kernel 2s turns a constant input (Snake's outputs have a DC part) into a period-s pattern
 unless, for every output phase j, its taps w[j] + w[j + s] sum to the same value; chained, the
-patterns repeat every hop ("tonal artifacts", Pons et al. 2021, arXiv:2010.14356). Projecting the
-committed decoder's upsamplers onto equal sums, with no training, takes the comb from 0.95 to 0.10
-on 12 test clips (the music's own is 0.11). `balanced_upsamplers` trains with that constraint in
-force: a forward hook projects each upsampler's weight at every call (gradients flow through the
-projection), and the saved weights are the projected ones, so the checkpoint loads in a plain
-`AutoencoderOobleck`. `init_from` starts from a saved checkpoint instead of the seeded init.
-Trained so for 25 minutes, the comb stays at 0.00 but chroma and key remain near chance and the
-MR-STFT distance is worse than the committed run's (checkpoints/README.md): it removes the
-artifact, not the need for a longer run. What does carry pitch within the budget is a shorter hop:
-`--model lite-hop256` (256 samples, 86.1 frames/s) with the constraint reconstructs the waveform
+patterns repeat every hop ("tonal artifacts", Pons et al. 2021, arXiv:2010.14356).
+`balanced_upsamplers` (on by default) trains with that constraint in force: a forward hook
+projects each upsampler's weight at every call (gradients flow through the projection), and the
+saved weights are the projected ones, so the checkpoint needs no hook. Removing the artifact was
+not enough at hop 1024 within the budget (chroma correlation 0.09 after 55 minutes; `--model
+lite-hop1024`); at hop 256 (`--model lite`, strides [2, 4, 4, 8]) the decoder learns the waveform
 (validation SI-SDR above 0 dB, chroma correlation 0.90 on 24 test clips after 55 minutes).
+The Lite config groups 4 encoder frames per latent frame (`models.latent_grouping`); the KL term
+is counted per encoder frame, so its weight means what it means for the stock layout, and the
+comb is measured at the decoder's own frame rate (86.1 Hz). `init_from` starts from a saved
+checkpoint instead of the seeded init. Other options kept from the pilots: `recon_loss="mel"` and
+`complex_weight` (checkpoints/README.md lists what they did).
 
 Crops are random windows of the training clips (22.05 kHz mono), near-silent ones
 redrawn. Every `val_every` steps the posterior mean of fixed validation excerpts is decoded and
@@ -61,13 +61,13 @@ from ..models.autoencoder_lite import (
     load_autoencoder_lite,
     save_autoencoder_lite,
 )
+from ..models.latent_grouping import decoder_hop, latent_frame_group
 
-# A candidate the book has not adopted yet: the Lite config at a quarter of the hop (256 samples,
-# 86.1 latent frames/s, the same 16 channels: 16x compression instead of 64x). A 55-minute pilot
-# (checkpoints/README.md) reconstructs waveforms with it where the hop-1024 decoder does not.
-AUTOENCODER_LITE_HOP256_CONFIG = dict(AUTOENCODER_LITE_CONFIG, downsampling_ratios=[2, 4, 4, 8],
-                                      channel_multiples=[1, 2, 4, 8])
-MODEL_CONFIGS = {"lite": AUTOENCODER_LITE_CONFIG, "lite-hop256": AUTOENCODER_LITE_HOP256_CONFIG,
+# The book's earlier config, kept to repeat the comparison: hop 1024 (strides [2, 4, 4, 4, 8]),
+# 16 latent channels at 21.5 frames/s, no grouping. Within 55 CPU minutes it does not carry pitch.
+AUTOENCODER_LITE_HOP1024_CONFIG = dict(AUTOENCODER_LITE_CONFIG, downsampling_ratios=[2, 4, 4, 4, 8],
+                                       channel_multiples=[1, 2, 4, 8, 8], latent_frame_group=1)
+MODEL_CONFIGS = {"lite": AUTOENCODER_LITE_CONFIG, "lite-hop1024": AUTOENCODER_LITE_HOP1024_CONFIG,
                  "tiny": AUTOENCODER_TINY_CONFIG}
 
 
@@ -75,11 +75,11 @@ MODEL_CONFIGS = {"lite": AUTOENCODER_LITE_CONFIG, "lite-hop256": AUTOENCODER_LIT
 class TrainConfig:
     corpus: str = "full"  # accelerando.data preset, rendered at model_config's sampling_rate
     out: str = "checkpoints/autoencoder_lite"
-    model: str = "lite"  # a key of MODEL_CONFIGS: "lite" (the book's), "lite-hop256" (candidate), "tiny" (tests)
+    model: str = "lite"  # a key of MODEL_CONFIGS: "lite" (the book's), "lite-hop1024" (the earlier one), "tiny" (tests)
     minutes: float = 55.0  # wall-clock budget of the loop (validation included)
     max_steps: int | None = None  # stop earlier after this many steps
     batch_size: int = 4
-    crop_samples: int = 16384  # 16 latent frames = 0.74 s at 22.05 kHz; 4 crops = 3 s per step
+    crop_samples: int = 16384  # 16 latent frames of 1024 samples = 0.74 s at 22.05 kHz; 4 crops = 3 s per step
     lr: float = 3e-4  # 2x stable-audio-tools' 1.5e-4 for a short run; 1e-3 diverged (KL blew up) at step 25
     betas: tuple[float, float] = (0.8, 0.99)  # as stable-audio-tools' autoencoder optimiser
     weight_decay: float = 1e-3
@@ -88,7 +88,7 @@ class TrainConfig:
     stft_windows: tuple[int, ...] = (2048, 1024, 512, 256, 128, 64)
     recon_loss: str = "mrstft"  # "mrstft" (SC + log magnitude on linear bins) or "mel" (DAC's multi-scale mel); logged as "stft"
     complex_weight: float = 0.0  # weight of the compressed complex STFT L1 (0 = off); logged as "complex"
-    balanced_upsamplers: bool = False  # constrain the decoder's ConvTranspose1d taps so a constant input cannot turn periodic
+    balanced_upsamplers: bool = True  # constrain the decoder's ConvTranspose1d taps so a constant input cannot turn periodic
     init_from: str = ""  # a saved autoencoder-lite directory to start from (same config); "": the seeded init
     l1_weight: float = 0.1  # small waveform term: anchors phase/DC that magnitude losses ignore
     kl_weight: float = 1e-4  # Stable Audio's
@@ -250,7 +250,9 @@ def loss_terms(vae, x: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor
     terms = {
         "stft": recon,
         "l1": (x - x_hat).abs().mean(),
-        "kl": posterior.kl(),  # sum over channels, mean over batch and frames
+        # sum over channels, mean over batch and frames; per encoder frame, so that grouping g
+        # frames into one latent frame (g times the channels) leaves the KL weight's meaning as is
+        "kl": posterior.kl() / latent_frame_group(vae),
     }
     terms["loss"] = terms["stft"] + cfg.l1_weight * terms["l1"] + cfg.kl_weight * terms["kl"]
     if cfg.complex_weight:
@@ -272,7 +274,7 @@ def validate(vae, val_audio: torch.Tensor, sr: int) -> dict:
     ref, gen = val_audio.numpy(), recon.float().numpy()
     mr = [mrstft_distance(r, g, sr) for r, g in zip(ref, gen)]
     sdr = [si_sdr(r, g, sr) for r, g in zip(ref, gen)]
-    comb = [frame_comb_fraction(g, sr, sr / hop_length(vae.config)) for g in gen]
+    comb = [frame_comb_fraction(g, sr, sr / decoder_hop(vae)) for g in gen]  # the decoder's frames, not the groups
     comb = [c for c in comb if c is not None]
     return {"mrstft": float(np.mean(mr)), "si_sdr": float(np.mean(sdr)), "si_sdr_per_clip": sdr,
             "frame_comb": float(np.mean(comb)) if comb else None}

@@ -6,7 +6,7 @@ Encodes `train_clips` clips of the training split with the committed Lite autoen
 mean), fits `codebooks` residual k-means stages of `size` vectors, then measures reconstruction
 on `eval_clips` test clips for 1..K codebooks, next to the autoencoder's own round trip (the
 ceiling of any quantizer of its latents): MR-STFT distance and SI-SDR of the audio, and the
-latent error relative to the latents' energy. Writes `<out>/codec_lite.safetensors` (fp16
+latent error relative to the latents' energy, and the chroma correlation (the notes kept). Writes `<out>/codec_lite.safetensors` (fp16
 codebooks), `<out>/config.json` and `<out>/train_log.json`.
 """
 
@@ -40,7 +40,7 @@ class CodecConfig:
 
 def split_latents(vae, vae_path, corpus, split: str, n: int, seed: int = 0) -> tuple[list, torch.Tensor]:
     """`n` clips of a corpus split (a seeded random choice, in corpus order; all of them if n is
-    larger) and their autoencoder latents [n, 16, frames], cached in .cache/latents so that the
+    larger) and their autoencoder latents [n, 64, frames], cached in .cache/latents so that the
     codec fit and MusicGen-Lite's training encode each clip once."""
     from ..models.autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS
     from ..models.stable_audio_lite import file_sha256
@@ -66,18 +66,22 @@ def fit(cfg: CodecConfig) -> dict:
     vae = load_autoencoder_lite(cfg.autoencoder, expect_config=None)
     corpus = build_corpus(preset(cfg.corpus, sample_rate=int(vae.config.sampling_rate)))
     _, train_latents = split_latents(vae, cfg.autoencoder, corpus, "train", cfg.train_clips, cfg.seed)
-    latents = train_latents.transpose(1, 2).reshape(-1, train_latents.shape[1])  # [clips x frames, 16]
+    latents = train_latents.transpose(1, 2).reshape(-1, train_latents.shape[1])  # [clips x frames, 64]
     encode_s = time.time() - start
     rvq = ResidualVQ.fit(latents, codebooks=cfg.codebooks, size=cfg.size, iters=cfg.iters, seed=cfg.seed)
     fit_s = time.time() - start - encode_s
     codec = LatentCodec(vae, rvq)
     eval_corpus = Corpus(corpus.path, corpus.filter(split="test").clips[: cfg.eval_clips])
     per_clip = [codec_reconstruction(codec, torch.from_numpy(clip)[None]) for clip in load_clips(eval_corpus, "test")]
-    metrics = ("mrstft", "si_sdr", "latent_rel_err")
-    # {"autoencoder" | "1".."K": {metric: mean over the clips}}, the stages in order
-    summary = {("autoencoder" if row["codebooks"] == 0 else str(row["codebooks"])):
-               {m: float(np.mean([clip[i][m] for clip in per_clip])) for m in metrics if m in row}
-               for i, row in enumerate(per_clip[0])}
+    metrics = ("mrstft", "si_sdr", "chroma", "latent_rel_err")
+    # {"autoencoder" | "1".."K": {metric: mean over the clips (None values left out)}}, the stages in order
+    summary = {}
+    for i, row in enumerate(per_clip[0]):
+        stage = summary.setdefault("autoencoder" if row["codebooks"] == 0 else str(row["codebooks"]), {})
+        for m in metrics:
+            values = [clip[i][m] for clip in per_clip if clip[i].get(m) is not None]
+            if values:  # chroma is None for a flat chroma: left out, and absent when no clip has it
+                stage[m] = float(np.mean(values))
     log = {
         "command": "python -m accelerando.train.codec " + " ".join(sys.argv[1:]),
         "config": asdict(cfg), "latent_frames": int(latents.shape[0]), "encode_s": encode_s, "fit_s": fit_s,

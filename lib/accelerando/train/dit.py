@@ -43,6 +43,7 @@ from . import config_from_argv, warmup_cosine
 from ..machine import REPO_ROOT
 from ..models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, WEIGHTS_FILE as VAE_WEIGHTS_FILE
 from ..models.autoencoder_lite import build_autoencoder_lite, load_autoencoder_lite
+from ..models.latent_grouping import latent_frame_group
 from ..models.stable_audio_lite import (
     DIT_CHECKPOINT,
     DIT_LITE_CONFIG,
@@ -66,7 +67,7 @@ class TrainConfig:
     model: str = "lite"  # "lite" (DIT_LITE_CONFIG) or "tiny" (tests; with the tiny autoencoder)
     minutes: float = 45.0  # wall-clock budget of the training loop (validation included)
     max_steps: int | None = None
-    train_clips: int = 480  # clips whose latents are encoded (of 1,600): the encoder costs ~1.5 s per 10 s clip
+    train_clips: int = 800  # of 1,600: the clips (and cached latents) Codec-Lite and MusicGen-Lite train on
     val_clips: int = 32
     batch_size: int = 16
     lr: float = 8e-4
@@ -104,9 +105,11 @@ def encode_latents(vae, clips: list, chunk: int = 4) -> torch.Tensor:
 
 
 def cached_latents(vae, vae_sha: str, corpus, clips: list, name: str) -> torch.Tensor:
-    """`encode_latents`, cached per (corpus, autoencoder weights, clip list) in .cache/latents."""
+    """`encode_latents`, cached per (corpus, autoencoder weights and latent layout, clip list) in
+    .cache/latents: the same weights grouped otherwise give other latents."""
     ids = ",".join(c.id for c in clips)
-    key = hashlib.sha256(f"{corpus.key}|{vae_sha}|{ids}".encode()).hexdigest()[:16]
+    layout = f"g{latent_frame_group(vae)}"
+    key = hashlib.sha256(f"{corpus.key}|{vae_sha}|{layout}|{ids}".encode()).hexdigest()[:16]
     path = REPO_ROOT / ".cache" / "latents" / f"{name}-{key}.pt"
     if path.is_file():
         return torch.load(path)

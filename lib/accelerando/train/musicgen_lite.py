@@ -83,7 +83,7 @@ class TrainConfig:
 
 def token_split(codec, autoencoder, corpus, split: str, n: int, seed: int = 0) -> dict:
     """`n` clips of a corpus split as the LMs see them: codes [n, K, frames], the autoencoder
-    latents [n, 16, frames] they quantize (cached in .cache/latents), caption states [n, L, 384]
+    latents [n, 64, frames] they quantize (cached in .cache/latents), caption states [n, L, 384]
     (fp16) and masks [n, L], captions and the clips."""
     from ..models.text_encoder import shared_text_encoder
     from .codec import split_latents
