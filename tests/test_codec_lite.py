@@ -72,7 +72,7 @@ def test_latent_codec_encodes_and_decodes_audio():
 def test_codec_checkpoint_round_trips_and_refuses_another_autoencoder(tmp_path):
     from accelerando.models.autoencoder_lite import save_autoencoder_lite
     from accelerando.models.codec_lite import load_codec_lite, save_codec_lite
-    from accelerando.models.stable_audio_lite import file_sha256
+    from accelerando.checkpoint import file_sha256
 
     vae = build_autoencoder_lite(AUTOENCODER_TINY_CONFIG).eval()
     save_autoencoder_lite(vae, tmp_path / "ae")

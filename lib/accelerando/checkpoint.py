@@ -7,12 +7,22 @@ an error naming the tensors, never a partial load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .machine import REPO_ROOT
+
+CHECKPOINTS = REPO_ROOT / "checkpoints"  # the committed Lite checkpoints, one folder per model
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes: how a checkpoint names the weights it was trained against."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_fp16(module: nn.Module, directory: str | Path, *, weights_name: str, config_name: str, meta: dict,

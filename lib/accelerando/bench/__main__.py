@@ -127,7 +127,7 @@ def _quant_tokens(args, corpus, configs) -> list[dict]:
     """MusicGen-Lite A / B quantized per config: NLL increase and top-1 agreement on test tokens."""
     from ..models.codec_lite import load_codec_lite
     from ..models.musicgen_lite import CHECKPOINT_NAMES, load_musicgen_lite
-    from ..models.stable_audio_lite import CHECKPOINTS
+    from ..checkpoint import CHECKPOINTS
     from ..train.musicgen_lite import token_split
     from .quant_tokens import musicgen_lite_batches, summarize_tokens, token_fidelity
 

@@ -249,7 +249,7 @@ def save_codec_lite(rvq: ResidualVQ, path, vae_path, extra: dict | None = None):
 
     from ..checkpoint import save_fp16
     from .autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS
-    from .stable_audio_lite import file_sha256
+    from ..checkpoint import file_sha256
 
     meta = {"class": "CodecLite", "format": FORMAT_VERSION, "codebooks": rvq.num_codebooks, "size": rvq.size,
             "dim": int(rvq.codebooks.shape[2]), "autoencoder_sha256": file_sha256(Path(vae_path) / VAE_WEIGHTS),
@@ -266,7 +266,8 @@ def load_codec_lite(path=None, vae_path=None) -> LatentCodec:
     from ..checkpoint import load_checked
     from .autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS
     from .autoencoder_lite import load_autoencoder_lite
-    from .stable_audio_lite import CHECKPOINTS, VAE_CHECKPOINT, file_sha256
+    from ..checkpoint import CHECKPOINTS, file_sha256
+    from .stable_audio_lite import VAE_CHECKPOINT
 
     path = Path(path or CHECKPOINTS / "codec_lite").expanduser()
     vae_path = Path(vae_path or VAE_CHECKPOINT).expanduser()

@@ -65,7 +65,7 @@ class EncodecTokenizer:
     def from_pretrained(cls, path: str | Path, bandwidth: float | None = None) -> EncodecTokenizer:
         """Real weights from a local directory (config.json + model.safetensors, as
         `EncodecModel.save_pretrained` writes and the hub repository holds); never downloads."""
-        from .stable_audio_lite import file_sha256
+        from ..checkpoint import file_sha256
 
         root = check_local_weights(path, LOCAL_LAYOUT, REPO_ID)
         model = EncodecModel.from_pretrained(root, local_files_only=True)

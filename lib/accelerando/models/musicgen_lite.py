@@ -436,7 +436,7 @@ def codec_fingerprint(codec: TokenCodec | str | Path) -> str | None:
     """The SHA-256 of the weights file whose tokens a model predicts: a loaded codec's
     `weights_sha256`, or a Codec-Lite checkpoint directory's codebooks file (None if absent)."""
     from .codec_lite import WEIGHTS_FILE as CODEC_WEIGHTS
-    from .stable_audio_lite import file_sha256
+    from ..checkpoint import file_sha256
 
     if isinstance(codec, (str, Path)):
         weights = Path(codec).expanduser() / CODEC_WEIGHTS
@@ -467,7 +467,7 @@ def load_musicgen_lite(path, codec: TokenCodec | str | Path | None = None) -> Mu
     import json
 
     from ..checkpoint import load_checked
-    from .stable_audio_lite import CHECKPOINTS
+    from ..checkpoint import CHECKPOINTS
 
     path = Path(path).expanduser()
     codec = CHECKPOINTS / "codec_lite" if codec is None else codec
@@ -525,7 +525,7 @@ class MusicGenLitePipeline:
                         ) -> MusicGenLitePipeline:
         """The committed checkpoints (or the given directories). CLAP-Lite loads lazily for reranking."""
         from .codec_lite import load_codec_lite
-        from .stable_audio_lite import CHECKPOINTS
+        from ..checkpoint import CHECKPOINTS
 
         if variant not in VARIANTS:
             raise ValueError(f"variant {variant!r}: use 'a' (text) or 'b' (text + audio prompt)")

@@ -29,7 +29,6 @@ latent c_skip * x + c_out * F. `diffusion_target` is the F that training regress
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import warnings
@@ -46,8 +45,7 @@ from diffusers import (
 )
 from torch import nn
 
-from ..checkpoint import load_checked, save_fp16
-from ..machine import REPO_ROOT
+from ..checkpoint import CHECKPOINTS, file_sha256, load_checked, save_fp16
 from .autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS_FILE
 from .autoencoder_lite import load_autoencoder_lite
 from .common import seeded_build
@@ -55,7 +53,6 @@ from .latent_grouping import latent_channels
 from .stable_audio import SCHEDULER_CONFIG
 from .text_encoder import check_prompts, shared_text_encoder
 
-CHECKPOINTS = REPO_ROOT / "checkpoints"
 DIT_CHECKPOINT = CHECKPOINTS / "stable_audio_lite"
 VAE_CHECKPOINT = CHECKPOINTS / "autoencoder_lite"
 
@@ -252,10 +249,6 @@ WEIGHTS_FILE = "stable_audio_lite.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 TRAIN_COMMAND = "python -m accelerando.train.dit --out {path}"
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_stable_audio_lite(pipe: StableAudioPipeline, path: str | Path, vae_path: str | Path,

@@ -43,7 +43,7 @@ def split_latents(vae, vae_path, corpus, split: str, n: int, seed: int = 0) -> t
     larger) and their autoencoder latents [n, 64, frames], cached in .cache/latents so that the
     codec fit and MusicGen-Lite's training encode each clip once."""
     from ..models.autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS
-    from ..models.stable_audio_lite import file_sha256
+    from ..checkpoint import file_sha256
     from .dit import cached_latents
 
     pool = corpus.filter(split=split)

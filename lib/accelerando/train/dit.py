@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from . import config_from_argv, warmup_cosine
+from ..checkpoint import file_sha256
 from ..machine import REPO_ROOT
 from ..models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, WEIGHTS_FILE as VAE_WEIGHTS_FILE
 from ..models.autoencoder_lite import build_autoencoder_lite, load_autoencoder_lite
@@ -52,7 +53,6 @@ from ..models.stable_audio_lite import (
     build_stable_audio_lite,
     conditioning,
     diffusion_target,
-    file_sha256,
     rotary,
     save_stable_audio_lite,
     text_states,

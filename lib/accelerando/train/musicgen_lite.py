@@ -301,7 +301,7 @@ def sample_fixed_prompts(model, codec, cfg: TrainConfig, val_set: dict) -> dict:
     try:
         from ..models.clap_lite import CLAPLite
         from ..models.musicgen_lite import MusicGenLitePipeline
-        from ..models.stable_audio_lite import CHECKPOINTS
+        from ..checkpoint import CHECKPOINTS
 
         clap = CLAPLite.from_pretrained(CHECKPOINTS / "clap_lite")
         row["clap"] = MusicGenLitePipeline(model, codec, clap=clap).clap_scores(wav, list(FIXED_PROMPTS)).tolist()
