@@ -6,8 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 VENDOR := book/vendor/.installed
+# a second General MIDI soundfont, for the beat tracker's held-out set (accelerando.data.heldout)
+SOUNDFONT := /usr/share/sounds/sf2/FluidR3_GM.sf2
 
-.PHONY: book test setup vendor chapter check-offline clean
+.PHONY: book test setup vendor chapter status check-offline clean
 
 book: setup vendor                 ## execute changed chapters, then build book/_build/html strictly
 	$(PY) -m accelerando.book build
@@ -15,7 +17,11 @@ book: setup vendor                 ## execute changed chapters, then build book/
 test: setup vendor                 ## unit tests, smoke runs of every chapter, nbval, strict HTML build
 	WANDB_MODE=disabled $(PY) -m pytest
 
-setup: $(STAMP)
+setup: $(STAMP) $(SOUNDFONT)
+
+$(SOUNDFONT):
+	@test -w /var/lib/dpkg || { echo "$@ is missing: run 'apt-get install fluid-soundfont-gm' as root"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluid-soundfont-gm
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"accelerando needs Python 3.11, {sys.executable} is {sys.version.split()[0]}: run make PYTHON=python3.11"'
@@ -36,6 +42,9 @@ $(VENDOR): package.json package-lock.json scripts/vendor_js.sh
 
 chapter: setup                     ## make chapter NAME=01_baselines [SET=gpu] [ARGS="-p preset small"]
 	$(PY) -m accelerando.book run $(NAME) --set $(or $(SET),default) $(ARGS)
+
+status: setup                      ## each chapter current or stale, and why
+	$(PY) -m accelerando.book status
 
 check-offline:                     ## render pages in headless Chromium with the network off
 	$(PY) scripts/check_offline.py book/_build/html/book/intro.html book/_build/html/book/chapters/01_baselines.html

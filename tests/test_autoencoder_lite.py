@@ -22,7 +22,7 @@ from accelerando.models.autoencoder_lite import (
     save_autoencoder_lite,
 )
 from accelerando.models.latent_grouping import group_frames, latent_channels
-from accelerando.train.autoencoder import (TrainConfig, bake_balanced_upsamplers, balance_polyphase, balance_upsamplers,
+from accelerando.train.autoencoder import (AutoencoderTrainingConfig, bake_balanced_upsamplers, balance_polyphase, balance_upsamplers,
                                            complex_loss, loss_terms, mel_loss, mrstft_loss, random_crops, train)
 
 TINY = AUTOENCODER_TINY_CONFIG
@@ -115,7 +115,7 @@ def test_random_crops_skip_silence():
 
 def test_a_few_steps_lower_the_loss():
     torch.manual_seed(0)
-    cfg = TrainConfig(stft_windows=(512, 128, 32))
+    cfg = AutoencoderTrainingConfig(stft_windows=(512, 128, 32))
     vae = build_autoencoder_lite(TINY, seed=0).train()
     t = torch.arange(2 * 8192) / 22050
     x = (0.3 * torch.sin(2 * torch.pi * 440 * t) * torch.sin(2 * torch.pi * 3 * t)).reshape(2, 1, 8192)
@@ -145,13 +145,13 @@ def test_alternative_losses_zero_on_identity_and_the_complex_one_sees_phase():
 def test_loss_options_add_their_terms_and_unknown_ones_are_refused():
     vae = build_autoencoder_lite(TINY, seed=0).train()
     x = 0.1 * torch.randn(2, 1, 8192)
-    terms = loss_terms(vae, x, TrainConfig(recon_loss="mel", complex_weight=0.5))
+    terms = loss_terms(vae, x, AutoencoderTrainingConfig(recon_loss="mel", complex_weight=0.5))
     assert {"stft", "l1", "kl", "complex", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
-    assert "complex" not in loss_terms(vae, x, TrainConfig())
+    assert "complex" not in loss_terms(vae, x, AutoencoderTrainingConfig())
     with pytest.raises(ValueError, match="recon_loss='magnitude'.*'mrstft'"):
-        TrainConfig(recon_loss="magnitude")
+        AutoencoderTrainingConfig(recon_loss="magnitude")
     with pytest.raises(ValueError, match="complex_weight"):
-        TrainConfig(complex_weight=-1.0)
+        AutoencoderTrainingConfig(complex_weight=-1.0)
 
 
 def test_balanced_upsamplers_turn_a_constant_latent_into_a_constant_output(tmp_path):
@@ -194,7 +194,7 @@ def test_training_with_balanced_upsamplers_from_a_checkpoint(tmp_path):
 
     corpus = build_corpus(preset("tiny", sample_rate=22050))
     save_autoencoder_lite(build_autoencoder_lite(TINY, seed=3), tmp_path / "start")
-    cfg = TrainConfig(model="tiny", out=str(tmp_path / "out"), max_steps=2, batch_size=1, crop_samples=4096,
+    cfg = AutoencoderTrainingConfig(model="tiny", out=str(tmp_path / "out"), max_steps=2, batch_size=1, crop_samples=4096,
                       val_clips=1, val_seconds=2.0, balanced_upsamplers=True, init_from=str(tmp_path / "start"))
     log = train(cfg, corpus=corpus)
     assert log["throughput"]["steps"] == 2 and log["settings"]["init_from"] == str(tmp_path / "start")
@@ -215,7 +215,7 @@ def test_trainer_model_choices_name_their_configs():
     assert hop_length(MODEL_CONFIGS["lite"]) == hop_length(MODEL_CONFIGS["lite-hop1024"]) == 1024
     assert MODEL_CONFIGS["lite"]["latent_frame_group"] == 4 and MODEL_CONFIGS["lite-hop1024"]["latent_frame_group"] == 1
     with pytest.raises(ValueError, match="lite-hop1024"):
-        TrainConfig(model="hop256")
+        AutoencoderTrainingConfig(model="hop256")
 
 
 def test_a_stock_checkpoint_loads_as_group_one_and_the_kl_counts_encoder_frames(tmp_path):
@@ -235,18 +235,18 @@ def test_a_stock_checkpoint_loads_as_group_one_and_the_kl_counts_encoder_frames(
     grouped = build_autoencoder_lite(TINY, seed=2).eval()
     x = torch.randn(2, 1, 8 * 1024, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    kl_stock = loss_terms(stock, x, TrainConfig(stft_windows=(128,)))["kl"]
+    kl_stock = loss_terms(stock, x, AutoencoderTrainingConfig(stft_windows=(128,)))["kl"]
     torch.manual_seed(0)
-    kl_grouped = loss_terms(grouped, x, TrainConfig(stft_windows=(128,)))["kl"]
+    kl_grouped = loss_terms(grouped, x, AutoencoderTrainingConfig(stft_windows=(128,)))["kl"]
     assert torch.allclose(kl_stock, kl_grouped, rtol=1e-4)
 
 
 def test_command_line_booleans_and_none_defaults_parse_as_their_types():
     from accelerando.train import config_from_argv
 
-    cfg = config_from_argv(TrainConfig, ["--balanced_upsamplers", "False", "--max_steps", "3"], "")
+    cfg = config_from_argv(AutoencoderTrainingConfig, ["--balanced_upsamplers", "False", "--max_steps", "3"], "")
     assert cfg.balanced_upsamplers is False and cfg.max_steps == 3
-    assert config_from_argv(TrainConfig, ["--balanced_upsamplers", "true"], "").balanced_upsamplers is True
-    assert config_from_argv(TrainConfig, [], "").balanced_upsamplers is True  # the default
+    assert config_from_argv(AutoencoderTrainingConfig, ["--balanced_upsamplers", "true"], "").balanced_upsamplers is True
+    assert config_from_argv(AutoencoderTrainingConfig, [], "").balanced_upsamplers is True  # the default
     with pytest.raises(SystemExit):
-        config_from_argv(TrainConfig, ["--balanced_upsamplers", "maybe"], "")
+        config_from_argv(AutoencoderTrainingConfig, ["--balanced_upsamplers", "maybe"], "")

@@ -112,11 +112,11 @@ def test_contrastive_loss_is_low_for_matched_pairs():
 
 def test_a_few_training_steps_lower_the_loss(tmp_path):
     from accelerando.data import build_corpus, preset
-    from accelerando.train.clap import TrainConfig, train
+    from accelerando.train.clap import CLAPTrainingConfig, train
 
     corpus = build_corpus(preset("tiny"))
     # whole 1.5 s clips as crops: every step sees the same batch, so the loss must fall
-    cfg = TrainConfig(corpus="tiny", model="tiny", minutes=0, max_steps=12, crop_seconds=2.0, lr=3e-3,
+    cfg = CLAPTrainingConfig(corpus="tiny", model="tiny", minutes=0, max_steps=12, crop_seconds=2.0, lr=3e-3,
                       warmup_steps=2, eval_every=0, out=str(tmp_path / "ck"), final_splits=("val",))
     model, log = train(cfg, corpus=corpus, log_fn=lambda *_: None)
     losses = [s["loss"] for s in log["steps"]]
@@ -241,3 +241,13 @@ def test_chroma_and_tempo_profiles():
     m = CLAPLite(c)
     assert m.audio_tower.out_dim == c.channels[-1] + 36 + 48
     assert m.embed_audio(tones(2, sr=sr), sr).shape == (2, c.embed_dim)
+
+
+def test_clap_lite_as_a_metrics_embedding(model):
+    from accelerando.metrics import get_embedding
+
+    emb = get_embedding("clap-lite", model=model)
+    wav = tones(2)
+    rows = np.concatenate([emb.embed(w[None], SR) for w in wav])  # [1, D] per clip
+    np.testing.assert_allclose(rows, model.embed_audio(wav, SR).numpy(), atol=1e-5)
+    assert emb.sample_rate == model.config.sample_rate

@@ -7,7 +7,8 @@ import torch
 
 from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
 from accelerando.models.latent_grouping import latent_channels
-from accelerando.models.codec_lite import LatentCodec, ResidualVQ, codec_reconstruction
+from accelerando.metrics.codec import codec_reconstruction
+from accelerando.models.codec_lite import LatentCodec, ResidualVQ
 from accelerando.models.patterns import (delay_pattern, flatten_pattern, sequence_steps, undelay_pattern,
                                          unflatten_pattern)
 

@@ -75,3 +75,13 @@ def test_sweep_rows_and_monotonicity(tone):
     means = [np.mean([r["value"] for r in rows if r["severity"] == s]) for s in range(3)]
     assert monotonicity(np.arange(3), np.array(means)) == pytest.approx(1.0)
     assert monotonicity(np.arange(3), np.array([1.0, 3.0, 2.0])) == pytest.approx(0.5)
+
+
+def test_verdict_checks_the_direction_not_only_the_magnitude():
+    from accelerando.metrics.damage import moves_with_damage
+
+    rising = np.array([0.1, 0.4, 0.9])
+    assert moves_with_damage(np.arange(3), rising, higher_is_worse=True)  # a distance that grows
+    assert not moves_with_damage(np.arange(3), rising, higher_is_worse=False)  # a score that grows: wrong way
+    assert moves_with_damage(np.arange(3), rising[::-1], higher_is_worse=False)
+    assert not moves_with_damage(np.arange(3), np.array([1.0, 1.46, 1.26]), higher_is_worse=False)

@@ -226,3 +226,46 @@ def test_stereo_and_other_rates_render_to_the_right_shape(tiny):
         stereo = render_events(events, 2.0, rate, channels=2)
         assert stereo.shape == (2 * rate, 2) and np.all(np.isfinite(stereo))
     assert np.abs(stereo[:, 0] - stereo[:, 1]).max() > 1e-3  # parts are panned apart
+
+
+def test_transposing_parts_are_read_and_rendered_at_sounding_pitch(tmp_path):
+    """A B-flat clarinet written in D major sounds in C; a double bass sounds an octave below."""
+    from music21 import converter, instrument, key, meter, note, stream
+
+    from accelerando.data.arrange import ClipPlan
+    from accelerando.data.scores import read_score
+
+    score = stream.Score()
+    for inst, written, ks in (
+        (instrument.Clarinet(), ["D4", "E4", "F#4", "D4"], key.Key("D")),  # sounds C4 D4 E4 C4
+        (instrument.Piano(), ["C4", "G3", "C4", "E4"], key.Key("C")),
+        (instrument.Contrabass(), ["C3", "G3", "C3", "C3"], key.Key("C")),  # sounds C2 G2 C2 C2
+    ):
+        part = stream.Part()
+        part.insert(0, inst)
+        for bar in range(2):
+            m = stream.Measure(number=bar + 1)
+            if bar == 0:
+                m.insert(0, meter.TimeSignature("4/4"))
+                m.insert(0, ks)
+            for name in written:
+                m.append(note.Note(name, quarterLength=1.0))
+            part.append(m)
+        score.insert(0, part)
+    # round-trip through MusicXML, as the corpus reads it: parts arrive at written pitch
+    score.write("musicxml", fp=tmp_path / "transposing.musicxml")
+    parsed = converter.parse(tmp_path / "transposing.musicxml", forceSource=True)
+    ref = WorkRef("test/transposing", "test/transposing.musicxml", None, "chorale", "test/transposing")
+    work = read_score(parsed, ref)
+
+    clarinet, piano, bass = ([n[2] for n in p["notes"][:4]] for p in work["parts"])
+    assert clarinet == [60, 62, 64, 60]
+    assert piano == [60, 55, 60, 64]
+    assert bass == [36, 43, 36, 36]
+    assert work["keys"][0][1] == 0 and work["keys"][0][3] in (None, 0)  # C major, not D major
+
+    plan = ClipPlan("test/transposing", 0, 0, 0.0, 8.0, 120.0, 120.0, 0, "piano", None, False, 0)
+    truth = realize(work, plan, 4.0, rng_jitter=False)
+    assert truth["key"]["pitch_class"] == 0 and truth["key"]["mode"] == "major"
+    rendered = sorted(int(n[2]) for n in truth["notes"])
+    assert rendered == sorted(p for part in (clarinet, piano, bass) for p in part * 2)

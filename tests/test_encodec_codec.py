@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from accelerando.audio import AudioError
-from accelerando.models.codec_lite import codec_reconstruction
+from accelerando.metrics.codec import codec_reconstruction
 from accelerando.models.encodec_codec import ENCODEC_32KHZ, ENCODEC_TINY_CONFIG, EncodecTokenizer
 from accelerando.models.musicgen_lite import (
     TINY_CONFIG,

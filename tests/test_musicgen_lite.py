@@ -138,14 +138,15 @@ def synthetic_tokens(n: int, frames: int, seed: int) -> dict:
 @pytest.mark.parametrize("variant,pattern", [("a", "delay"), ("b", "delay"), ("a", "flatten")])
 def test_a_few_training_steps_lower_the_validation_loss(variant, pattern, tiny_codec_dir, tmp_path):
     from accelerando.models.codec_lite import load_codec_lite
-    from accelerando.train.musicgen_lite import TrainConfig, train
+    from accelerando.train.musicgen_lite import MusicGenLiteTrainingConfig, train
 
     codec = load_codec_lite(tiny_codec_dir / "codec", tiny_codec_dir / "vae")
     data = {"codec": codec, "train": synthetic_tokens(64, 24, 0), "val": synthetic_tokens(16, 24, 1)}
     frame_s = 1 / codec.frame_rate
-    cfg = TrainConfig(variant=variant, pattern=pattern, codec=str(tiny_codec_dir / "codec"), out=str(tmp_path / "lm"), max_steps=150,
+    cfg = MusicGenLiteTrainingConfig(variant=variant, pattern=pattern, codec=str(tiny_codec_dir / "codec"), out=str(tmp_path / "lm"), max_steps=150,
                       minutes=5, batch_size=8, accumulate=2, lr=3e-3, hidden_size=32, layers=2, heads=2, ffn_size=64,
-                      dropout=0.0, ema_decay=0.8, val_every=50, sample_every=0, prompt_seconds=(4 * frame_s, 8 * frame_s))
+                      dropout=0.0, ema_decay=0.8, val_every=50, sample_every=0, prompt_seconds=(4 * frame_s, 8 * frame_s),
+                      threads=1)
     log = train(cfg, data=data, log_fn=lambda *a: None)
     first, last = sum(log["val"][0]["ema"]) / 2, log["best"]["val_nll"]
     # the codes are uniform over the 16 ids (log 16 = 2.77 nats), so any drop is learned structure;

@@ -363,7 +363,7 @@ def test_quantize_a_tiny_dit_end_to_end_and_report_skips(tiny_dit):
     report = quantize_(dit, SVDQuantConfig(weight_bits=8, act_bits=8, group_size=16, rank=4), calib=calib)
     skipped = report.skipped
     assert any("proj_in" in n for n in skipped) and any("timestep_proj" in n for n in skipped)
-    assert all("skip pattern" in r or "not a multiple" in r for r in skipped.values())
+    assert all("skip pattern" in r or "not a multiple" in r or "not an nn.Linear" in r for r in skipped.values())
     assert len(report.quantized) == 2 * 10  # two blocks x (4 self-attn + 4 cross-attn + 2 ff)
     assert all(isinstance(dict(dit.named_modules())[n], SVDQuantLinear) for n in report.quantized)
     with torch.no_grad():
@@ -509,7 +509,7 @@ def test_int8_block_speed_record_on_a_tiny_config():
     from accelerando.models.stable_audio_lite import DIT_LITE_CONFIG
 
     rec = int8_block_speed(DIT_LITE_CONFIG, seconds=1.0, rank=8, rounds=1, text_tokens=8)
-    assert rec["quantized_layers"] == 10 and rec["relative_error"] < 1e-2
+    assert rec["quantized_layers"] == 10 and rec["relative_error"] < 1e-2  # ||out - ref|| / ||ref||
     assert rec["fp32_speedup_vs_baseline"] == 1.0 and rec["int8+lowrank_latency_s_min"] > 0
 
 
@@ -639,19 +639,21 @@ def test_quant_pipeline_loads_local_stable_audio_open_and_never_random_weights(t
 
 @pytest.mark.parametrize("method", ["torchao-w8", "quanto-w8", "quanto-w4"])
 def test_external_weight_only_baselines_touch_the_same_layers(tiny_dit, method):
-    from accelerando.quant.baselines import quantize_external
+    from accelerando.quant import WeightOnlyConfig
 
     dit = _copy(tiny_dit)
     with torch.no_grad():
         ref = tiny_dit(**_dit_inputs(tiny_dit))[0]
-    targets = quantize_external(dit, method)
+    report = quantize_(dit, WeightOnlyConfig.from_method(method), calib=_never_run)
+    targets = report.quantized
+    assert dit.quantization_config == WeightOnlyConfig.from_method(method)
     assert len(targets) == 20 and not any("proj_in" in n or "timestep_proj" in n for n in targets)
     assert type(dit.proj_in) is nn.Linear and type(dit.proj_in.weight) is nn.Parameter  # skipped: untouched
     with torch.no_grad():
         out = dit(**_dit_inputs(tiny_dit))[0]
     assert _rel(out, ref) < (1e-3 if method.endswith("w8") else 5e-2)
     with pytest.raises(ValueError, match="unknown external method"):
-        quantize_external(dit, "gptq")
+        WeightOnlyConfig.from_method("gptq")
 
 
 def test_windowed_render_equals_the_pipelines_full_decode():
@@ -664,3 +666,115 @@ def test_windowed_render_equals_the_pipelines_full_decode():
     full, _ = generate(pipe, ["a folk song", "a chorale"], seconds=0.3, steps=2, seed=3, output_type="pt")
     assert window.shape == torch.as_tensor(full).shape
     assert torch.allclose(window, torch.as_tensor(full), atol=1e-5)
+
+
+# --- the uniform API, as a new user meets it on a pretrained transformers model ----------------
+
+
+def _never_run(model):
+    raise AssertionError("calibration ran for a config that uses no statistics")
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=32)).eval()
+
+
+def _bert_batch(seed=0):
+    from transformers import BatchEncoding
+
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(seed))
+    return BatchEncoding({"input_ids": ids, "attention_mask": torch.ones_like(ids)})  # a Mapping, not a dict
+
+
+def test_every_method_is_a_registered_config_with_a_json_round_trip():
+    from accelerando.quant import QuantConfig, RTNConfig, SmoothQuantConfig, WeightOnlyConfig
+
+    configs = [SVDQuantConfig(rank=8, clip_grid=(1.0, 0.9)), RTNConfig(8, 8), SmoothQuantConfig(smoothing=0.5),
+               WeightOnlyConfig.from_method("quanto-w4")]
+    for config in configs:
+        d = json.loads(json.dumps(config.to_dict()))
+        assert d["version"] == 1 and QuantConfig.from_dict(d) == config and type(QuantConfig.from_dict(d)) is type(config)
+    # RTN and SmoothQuant are the presets, bit for bit
+    assert RTNConfig(4, 4).to_dict() | {"type": ""} == preset("rtn", 4, 4).to_dict() | {"type": ""}
+    assert SmoothQuantConfig(4, 4).to_dict() | {"type": ""} == preset("smoothquant", 4, 4).to_dict() | {"type": ""}
+    with pytest.raises(ValueError, match="low-rank"):
+        RTNConfig(rank=8)
+    with pytest.raises(ValueError, match="not a RTNConfig"):
+        RTNConfig.from_dict(SVDQuantConfig().to_dict())
+    with pytest.raises(TypeError, match="no quantization handler"):
+        quantize_(nn.Linear(64, 64), object())
+
+
+def test_rtn_through_its_config_equals_the_preset(tiny_dit):
+    from accelerando.quant import RTNConfig
+
+    a, b = _copy(tiny_dit), _copy(tiny_dit)
+    calib = [_dit_inputs(tiny_dit, s) for s in range(2)]
+    quantize_(a, RTNConfig(8, 8, group_size=16), calib=calib)
+    quantize_(b, preset("rtn", 8, 8, group_size=16), calib=calib)
+    with torch.no_grad():
+        assert torch.equal(a(**_dit_inputs(tiny_dit))[0], b(**_dit_inputs(tiny_dit))[0])
+    assert isinstance(a.quantization_config, RTNConfig) and not hasattr(a, "svdquant_config")
+
+
+def test_save_quantized_on_an_inner_module_finds_the_settings(tmp_path):
+    from accelerando.quant import quantization_config_of
+
+    model = nn.ModuleDict({"sentence_embedder": _tiny_bert()})
+    config = SVDQuantConfig(weight_bits=8, act_bits=8, group_size=16, rank=2, smoothing="off")
+    quantize_(model, config)
+    inner = model["sentence_embedder"]
+    assert model.quantization_config is config and quantization_config_of(inner) is config
+    save_quantized(inner, tmp_path / "inner")  # said "no SVDQuantLinear layers" when the settings sat on `model` only
+    fresh = load_quantized(_tiny_bert(), tmp_path / "inner")
+    with torch.no_grad():
+        assert torch.equal(fresh(**_bert_batch()).last_hidden_state, inner(**_bert_batch()).last_hidden_state)
+    assert fresh.quantization_config == config
+
+
+def test_calibration_accepts_any_mapping_and_never_runs_when_unused():
+    from accelerando.quant import RTNConfig, SmoothQuantConfig
+
+    weight_only = _tiny_bert()
+    report = quantize_(weight_only, RTNConfig(weight_bits=8, act_bits=None, group_size=16), calib=_never_run)
+    assert report.quantized
+    by_mapping, by_dict = _tiny_bert(), _tiny_bert()
+    config = SmoothQuantConfig(8, 8, group_size=16)
+    quantize_(by_mapping, config, calib=[_bert_batch(s) for s in range(2)])  # died with an empty AttributeError
+    quantize_(by_dict, config, calib=[dict(_bert_batch(s)) for s in range(2)])
+    with torch.no_grad():
+        assert torch.equal(by_mapping(**_bert_batch(5)).last_hidden_state, by_dict(**_bert_batch(5)).last_hidden_state)
+
+
+def test_convolutions_are_reported_as_skipped_and_full_precision_parameters_counted():
+    model = nn.Sequential(nn.Conv1d(64, 64, 3), nn.Conv1d(64, 64, 3), nn.Linear(64, 64))
+    report = quantize_(model, SVDQuantConfig(weight_bits=8, act_bits=None, rank=0, smoothing="off"))
+    assert report.quantized == ["2"]
+    assert set(report.skipped) == {"0", "1"} and all("Conv1d, not an nn.Linear" in r for r in report.skipped.values())
+    conv = 2 * (64 * 64 * 3 + 64)
+    assert report.parameters == {"quantized": 64 * 64 + 64, "full_precision": conv,
+                                 "full_precision_fraction": conv / (conv + 64 * 64 + 64)}
+    assert report.table().set_index("name").loc["0", "parameters"] == 64 * 64 * 3 + 64
+
+
+def test_skip_patterns_match_path_components_and_say_which_matched():
+    from accelerando.quant import DEFAULT_SKIP, skip_pattern
+
+    model = nn.ModuleDict({"sentence_embedder": _tiny_bert()})
+    report = quantize_(model, SVDQuantConfig(weight_bits=8, act_bits=None, group_size=16, rank=0, smoothing="off",
+                                             skip=("embed", "pooler")))
+    # "embed" skipped every layer of a model wrapped in "sentence_embedder" when it matched substrings
+    assert "sentence_embedder.encoder.layer.0.attention.self.query" in report.quantized
+    rows = report.table().set_index("name")
+    assert rows.loc["sentence_embedder.pooler.dense", "pattern"] == "pooler"
+    assert "'pooler'" in rows.loc["sentence_embedder.pooler.dense", "reason"]
+    assert skip_pattern("decoder.lm_heads.0", DEFAULT_SKIP) == "lm_heads"
+    assert skip_pattern("blocks.0.norm1.linear", DEFAULT_SKIP) == "norm*"
+    assert skip_pattern("sentence_embedder.encoder.query", DEFAULT_SKIP) is None
+    with pytest.raises(ValueError, match="'encoder' skipped"):
+        quantize_(nn.ModuleDict({"sentence_embedder": _tiny_bert()}),
+                  SVDQuantConfig(group_size=16, rank=0, smoothing="off", skip=("encoder", "pooler")))

@@ -1,5 +1,7 @@
-"""accelerando.quant.qat: only the low-rank factors train, the STE reaches earlier layers, the
-losses match the metrics, eval numerics and save/load are untouched."""
+"""QAT: `accelerando.quant.qat` (prepare/convert through `quantize_`, the STE, the STFT losses) and the
+distillation loop `accelerando.train.qat`: only the low-rank factors train, the STE reaches earlier
+layers, the losses match the metrics, fine-tuning lowers the loss below PTQ's, eval numerics and
+save/load are untouched."""
 
 from __future__ import annotations
 
@@ -9,14 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from accelerando.quant import SVDQuantConfig, SVDQuantLinear, load_quantized, quantize_, save_quantized
-from accelerando.quant.qat import (
-    QATConfig,
-    finetune_lowrank_,
-    stft_loss,
-    trainable_lowrank,
-    training_data,
-)
+from accelerando.quant import QATConfig, SVDQuantConfig, SVDQuantLinear, load_quantized, quantize_, save_quantized
+from accelerando.quant.qat import stft_loss, trainable_lowrank
+from accelerando.train.qat import QATTrainingConfig, finetune_lowrank_, training_data
 
 FROZEN = ("smooth", "qweight", "wscales", "bias")
 
@@ -44,7 +41,7 @@ def _student_pipe(tiny):
 
 
 def _cfg(**kw):
-    return QATConfig(**{"minutes": None, "max_steps": 3, "batch_size": 2, "schedule_steps": 4, "window_seconds": 0.5,
+    return QATTrainingConfig(**{"minutes": None, "max_steps": 3, "batch_size": 2, "schedule_steps": 4, "window_seconds": 0.5,
                         "warmup_steps": 1, "val_batches": 2, **kw})
 
 
@@ -127,13 +124,74 @@ def test_only_the_low_rank_factors_change_and_the_loss_falls(tiny):
     assert report.val_after < report.val_before  # same fixed batches, stock forward
 
 
+def _reference_path_checked(dit):
+    """Forward hooks asserting that every SVDQuantLinear's output equals its reference forward
+    (stored factors, no STE), bit for bit; returns the hook handles."""
+    def check(layer, args, out):
+        assert torch.equal(out, layer.forward_reference(args[0])), "eval left the reference path"
+
+    return [m.register_forward_hook(check) for m in dit.modules() if isinstance(m, SVDQuantLinear)]
+
+
 @pytest.mark.parametrize("objective", ["stft_complex", "stft_magnitude"])
-def test_audio_objectives_train_through_the_decoder(tiny, objective):
+def test_audio_objectives_lower_the_distillation_loss_below_ptq_and_eval_stays_on_the_reference_path(tiny, objective):
     pipe, _, data = tiny
-    view = _student_pipe(tiny)
-    report = finetune_lowrank_(view, _cfg(objective=objective, max_steps=2), data, pipe.transformer)
-    assert len(report.losses) == 2 and all(np.isfinite(report.losses)) and report.losses[0] > 0
-    assert report.steps[-1]["grad_norm"] > 0
+    # weight-only codes: W4A4's dynamic activation codes flip under small changes (see above)
+    student = copy.deepcopy(pipe.transformer)
+    quantize_(student, SVDQuantConfig(group_size=16, rank=4, smoothing="off", act_bits=None))
+    view = copy.copy(pipe)
+    view.transformer = student
+    report = finetune_lowrank_(view, _cfg(objective=objective, max_steps=12, lr=3e-4), data, pipe.transformer,
+                               val_data=data)
+    assert len(report.losses) == 12 and report.steps[-1]["grad_norm"] > 0
+    # val_before is the PTQ model's loss on fixed batches, val_after the fine-tuned one's on the same
+    assert report.val_after < 0.97 * report.val_before  # 0.89 (complex), 0.91 (magnitude) when written
+    handles = _reference_path_checked(student)
+    try:
+        _dit_out(student)
+    finally:
+        for h in handles:
+            h.remove()
+    assert not any("forward" in vars(m) for m in student.modules())  # the stock forward everywhere
+
+
+def test_qat_prepare_and_convert_through_quantize_(tmp_path, tiny):
+    from diffusers import StableAudioDiTModel
+
+    pipe, _, _ = tiny
+    dit = copy.deepcopy(pipe.transformer)
+    base = SVDQuantConfig(group_size=16, rank=4, smoothing="off")
+    quantize_(dit, QATConfig(base, step="prepare"))
+    ptq = copy.deepcopy(pipe.transformer)
+    quantize_(ptq, base)
+    assert dit.quantization_config == base and set(dit.qat_factors) == {
+        n for n, m in dit.named_modules() if isinstance(m, SVDQuantLinear)}
+    params = [p for f in dit.qat_factors.values() for p in f.parameters()]
+    opt = torch.optim.SGD(params, lr=1e-2)
+    for _ in range(2):  # any loop: here pull the outputs toward zero
+        opt.zero_grad()
+        dit(**_inputs(dit))[0].square().mean().backward()
+        opt.step()
+    assert all(p.grad is not None for p in params)
+    quantize_(dit, QATConfig(base, step="convert"))
+    assert not hasattr(dit, "qat_factors") and not any("forward" in vars(m) for m in dit.modules())
+    assert not torch.equal(_dit_out(dit), _dit_out(ptq))  # the trained factors are stored
+    save_quantized(dit, tmp_path / "qat")
+    assert torch.equal(_dit_out(load_quantized(StableAudioDiTModel(**pipe.transformer.config), tmp_path / "qat")),
+                       _dit_out(dit))
+    assert QATConfig.from_dict(QATConfig(base, step="convert").to_dict()) == QATConfig(base, step="convert")
+    with pytest.raises(ValueError, match="nothing to convert"):
+        quantize_(dit, QATConfig(base, step="convert"))
+    with pytest.raises(ValueError, match="step="):
+        QATConfig(base, step="train")
+
+
+def _inputs(dit, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = dit.config
+    return dict(hidden_states=torch.randn(2, c.in_channels, c.sample_size, generator=g), timestep=torch.tensor([0.3, 0.7]),
+                encoder_hidden_states=torch.randn(2, 5, c.cross_attention_input_dim, generator=g),
+                global_hidden_states=torch.randn(2, 1, c.global_states_input_dim, generator=g), return_dict=False)
 
 
 def test_lr_zero_is_bit_identical_and_save_load_round_trips(tmp_path, tiny):
@@ -159,9 +217,9 @@ def test_errors_name_the_fix(tiny):
     with pytest.raises(ValueError, match="no SVDQuantLinear"):
         finetune_lowrank_(plain, _cfg(), data, copy.deepcopy(pipe.transformer))
     with pytest.raises(ValueError, match="objective="):
-        QATConfig(objective="layer_mse")
+        QATTrainingConfig(objective="layer_mse")
     with pytest.raises(ValueError, match="budget"):
-        QATConfig(minutes=None, max_steps=None)
+        QATTrainingConfig(minutes=None, max_steps=None)
     rank0 = copy.copy(pipe)
     rank0.transformer = copy.deepcopy(pipe.transformer)
     quantize_(rank0.transformer, SVDQuantConfig(group_size=16, rank=0, smoothing="off"))

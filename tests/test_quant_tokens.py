@@ -1,5 +1,5 @@
 """WP1 on token models and the audits: `bench.quant_tokens` (MusicGen-Lite and transformers'
-MusicGen decoder), `bench.quant.family_audit`, and the QAT exports of `accelerando.quant`."""
+MusicGen decoder), `bench.quant.family_audit`, and the QAT exports of `accelerando.quant` and `accelerando.train.qat`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from accelerando.bench.quant_tokens import (
     summarize_tokens,
     token_fidelity,
 )
-from accelerando.quant import QuantReport, preset, register_quantize_handler
+from accelerando.quant import QuantReport, preset, register_quantize_module_handler
 
 
 @dataclass
@@ -28,7 +28,7 @@ class _Identity:
     name: str = "identity"
 
 
-@register_quantize_handler(_Identity)
+@register_quantize_module_handler(_Identity)
 def _identity(model, config, calib, filter_fn, audio_fn):
     calib(model)
     return QuantReport(config)
@@ -183,14 +183,17 @@ def test_holm_adjustment():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_qat_is_exported_from_quant():
+def test_qat_steps_are_exported_from_quant_and_the_loop_from_train():
     import accelerando.quant as quant
     from accelerando.quant import qat
+    from accelerando.train import qat as train_qat
 
-    assert quant.finetune_lowrank_ is qat.finetune_lowrank_ and quant.QATConfig is qat.QATConfig
+    assert quant.QATConfig is qat.QATConfig and quant.trainable_lowrank is train_qat.trainable_lowrank
+    assert not hasattr(quant, "finetune_lowrank_")  # a training verb: accelerando.train.qat
     assert all(hasattr(quant, name) for name in quant.__all__)
     with pytest.raises(ValueError, match="budget"):
-        quant.QATConfig(minutes=None, max_steps=None)
+        train_qat.QATTrainingConfig(minutes=None, max_steps=None)
+    assert quant.TOKEN_SKIP is TOKEN_SKIP  # the token models' skip list is library data
 
 
 def test_reference_forward_ste_keeps_value_and_passes_gradient():

@@ -42,3 +42,63 @@ def test_non_finite_figure_is_refused(tmp_path):
 def test_missing_record_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="make book"):
         load_record("07_nothing", tmp_path)
+
+
+def test_code_hash_ignores_comments_and_docstrings_only(tmp_path):
+    from accelerando.record import code_hash
+
+    path = tmp_path / "m.py"
+    path.write_text('"""Module."""\n\ndef f(x):\n    """Doubles."""\n    return 2 * x\n')
+    base = code_hash(path)
+    path.write_text('"""Module, reworded."""\n\n\ndef f(x):  # why: a comment\n    """Twice x."""\n    return 2 * x\n')
+    assert code_hash(path) == base
+    path.write_text('"""Module."""\n\ndef f(x):\n    """Doubles."""\n    return 3 * x\n')
+    assert code_hash(path) != base
+    path.write_text('"""Module."""\n\ndef f(x):\n    """Doubles."""\n    return 2 * x\nMESSAGE = "a string constant is code"\n')
+    assert code_hash(path) != base
+
+
+CHAPTER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# A chapter
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+seed = 0      # a seed
+threads = 1   # torch threads
+sizes = [1, 2]
+```
+"""
+
+
+def test_start_chapter_records_every_parameter_and_shows_provenance(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from accelerando.record import start_chapter
+
+    source = tmp_path / "98_chapter.md"
+    source.write_text(CHAPTER)
+    monkeypatch.setenv("ACCELERANDO_RECORD_DIR", str(tmp_path))
+    before = torch.get_num_threads()
+    try:
+        namespace = {"seed": 3, "threads": 1, "sizes": [4], "unrelated": "not a parameter"}
+        run = start_chapter("98_chapter", namespace, source=source)
+    finally:
+        torch.set_num_threads(before)
+    assert run.data["params"] == {"seed": 3, "threads": 1, "sizes": [4]} and run.data["seed"] == 3
+    assert run.data["hardware"]["torch_threads"] == 1
+    shown = capsys.readouterr().out
+    assert run.data["hardware"]["cpu"] in shown and "threads" in shown and "torch" in shown
+    assert (run.data["git"]["commit"] or "no git commit")[:10] in shown
+    with pytest.raises(NameError, match="threads"):
+        start_chapter("98_chapter", {"seed": 0, "sizes": []}, source=source)

@@ -3,6 +3,8 @@ rest of the track, and bad requests are refused with the fix."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,9 @@ from accelerando.models.latent_grouping import decoder_hop, latent_channels
 from accelerando.models.stable_audio import build_stable_audio
 from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite, generate
 from accelerando.sparse import CachedDecoder, EditSession, decode_window, measured_reach, receptive_field
-from accelerando.sparse.dit import KVCacheAttention, dit_forward
+from accelerando.attention import KeyValueCache
+from accelerando.models.stable_audio_conditioning import rotary
+from accelerando.sparse.dit import dit_forward
 
 
 @pytest.fixture(scope="module", params=[4, 1], ids=["grouped", "stock"])
@@ -131,18 +135,18 @@ def test_dit_forward_dense_equals_stock_and_sparse_over_everything_equals_dense(
     x = torch.randn(2, tr.config.in_channels, T, generator=gen)
     enc = torch.randn(2, 7, tr.config.cross_attention_input_dim, generator=gen)
     glob = torch.randn(2, 1, tr.config.global_states_input_dim, generator=gen)
-    from accelerando.models.stable_audio_lite import rotary
-
     rot, t = rotary(tiny_pipe, T), torch.tensor([0.3])
     with torch.no_grad():
         stock = tr(x, t, encoder_hidden_states=enc, global_hidden_states=glob, rotary_embedding=rot, return_dict=False)[0]
-        cache = KVCacheAttention.install(tr)
+        before = tr.attn_processors
+        cache = KeyValueCache.install(tr)
         try:
             dense = dit_forward(tr, cache, x, t, enc, glob, rot)
             every = dit_forward(tr, cache, x, t, enc, glob, rot, frames=torch.arange(T))
             part = dit_forward(tr, cache, x, t, enc, glob, rot, frames=torch.arange(3, 9))
         finally:
-            KVCacheAttention.uninstall(tr)
+            cache.remove(tr)
+    assert all(tr.attn_processors[k] is p for k, p in before.items())  # the stock processors are back
     assert torch.allclose(dense, stock, atol=1e-6)
     assert torch.allclose(every, dense, atol=1e-6)
     assert torch.allclose(part, dense[..., 3:9], atol=1e-6)  # same input: cached K/V are exact
@@ -214,8 +218,43 @@ def test_bf16_record_halves_the_bytes_and_edits(tiny_pipe):
         EditSession(tiny_pipe, record_dtype=torch.int8)
 
 
-def test_session_runs_the_full_size_code_path():
-    pipe = build_stable_audio("tiny")  # Stable Audio Open's classes (T5 conditioning), random weights
+def test_sparse_dit_step_on_a_one_layer_slice_of_the_full_size_config():
+    """The published DiT's exact config (24 query heads, 12 key/value heads of 64, 1536 wide,
+    768-wide cross-attention) cut to one block: the cache's grouped-query and partial-rotary path
+    at full width reduces to the stock forward, and a sparse pass to the dense one."""
+    from diffusers import StableAudioDiTModel
+
+    from accelerando.models.stable_audio import TRANSFORMER_CONFIGS
+
+    config = {**TRANSFORMER_CONFIGS["full"], "num_layers": 1}
+    torch.manual_seed(0)
+    tr = StableAudioDiTModel(**config).eval()
+    assert (tr.config.num_attention_heads, tr.config.num_key_value_attention_heads, tr.config.attention_head_dim,
+            tr.config.cross_attention_dim) == (24, 12, 64, 768)
+    gen = torch.Generator().manual_seed(0)
+    T = 24  # frames: any length runs the same code; the full 1024 would only cost time
+    x = torch.randn(2, config["in_channels"], T, generator=gen)
+    enc = torch.randn(2, 130, config["cross_attention_input_dim"], generator=gen)  # 128 T5 tokens + 2 timing
+    glob = torch.randn(2, 1, config["global_states_input_dim"], generator=gen)
+    rot = rotary(SimpleNamespace(transformer=tr), T)
+    t = torch.tensor([0.7])
+    with torch.no_grad():
+        stock = tr(x, t, encoder_hidden_states=enc, global_hidden_states=glob, rotary_embedding=rot, return_dict=False)[0]
+        cache = KeyValueCache.install(tr)
+        try:
+            dense = dit_forward(tr, cache, x, t, enc, glob, rot)
+            part = dit_forward(tr, cache, x, t, enc, glob, rot, frames=torch.arange(5, 11))
+        finally:
+            cache.remove(tr)
+    scale = stock.abs().max()
+    assert (dense - stock).abs().max() <= 1e-5 * scale
+    assert (part - dense[..., 5:11]).abs().max() <= 1e-5 * scale
+
+
+def test_session_runs_on_stable_audio_open_classes_at_tiny_size():
+    """EditSession on the full-size model's classes (T5 conditioning, 44.1 kHz stereo Oobleck,
+    grouped-query DiT) in their tiny preset, random weights."""
+    pipe = build_stable_audio("tiny")
     session = EditSession(pipe, steps=2, keep_kv=False)
     audio = session.generate("a chorale", seconds=1.0, seed=0)
     edited = session.edit(0.3, 0.6, refresh_every=2)
@@ -265,7 +304,7 @@ def test_bad_edit_requests_name_the_fix(tiny_pipe):
 @pytest.fixture(scope="module")
 def musicgen_tree():
     from accelerando.models.musicgen import build_musicgen
-    from accelerando.sparse import PrefixTree
+    from accelerando.editing import PrefixTree
 
     model = build_musicgen("tiny")
     text = torch.randint(0, model.text_encoder.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))

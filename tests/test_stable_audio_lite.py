@@ -115,9 +115,9 @@ def test_full_size_architecture_runs_through_the_same_call():
 
 
 def test_training_lowers_the_loss_and_checkpoint_round_trips(tmp_path, tiny_corpus):
-    from accelerando.train.dit import TrainConfig, train
+    from accelerando.train.dit import DiTTrainingConfig, train
 
-    cfg = TrainConfig(model="tiny", out=str(tmp_path / "dit"), max_steps=40, batch_size=4, val_every=20,
+    cfg = DiTTrainingConfig(model="tiny", out=str(tmp_path / "dit"), max_steps=40, batch_size=4, val_every=20,
                       warmup_steps=5, lr=3e-3, threads=1)
     log = train(cfg, corpus=tiny_corpus, log_fn=lambda *a: None)
     assert log["val"][-1]["raw"] < 0.7 * log["val"][0]["raw"]

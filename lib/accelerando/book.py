@@ -10,9 +10,13 @@ named sets (`smoke` for the tests, `gpu` for readers with CUDA). Execution goes 
     python -m accelerando.book params 01_baselines               # list parameters and sets
     python -m accelerando.book build                             # every chapter, then the HTML
 
-`build` re-executes a chapter only when its source, its parameters or a library module it imported
-changed (both are stored in the chapter's run record), and a failing chapter stops the build with
-its traceback.
+    python -m accelerando.book status                            # each chapter current or stale, and why
+
+`build` re-executes a chapter only when its source, its parameters, the code of a library module
+it imported or a file it loaded (checkpoints) changed (all stored in the chapter's run record), and
+a failing chapter stops the build with its traceback. Runs into the book refuse a dirty work tree
+(`--allow-dirty` stores the diff in the record instead); the HTML build marks a stale chapter with
+a banner (`setup`, a Sphinx extension named in _config.yml).
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from pathlib import Path
 
 import yaml
 
-from .machine import REPO_ROOT
+from .machine import REPO_ROOT, dirty_files
 from .players import NOTEBOOK_DIR_ENV
-from .record import BOOK_RECORD_DIR, RECORD_DIR_ENV, library_hashes
+from .record import ALLOW_DIRTY_ENV, BOOK_RECORD_DIR, RECORD_DIR_ENV, input_hashes, library_hashes
+from .record import default_params as _default_params
 
 CHAPTERS = REPO_ROOT / "chapters"
 BOOK = REPO_ROOT / "book"
@@ -70,12 +75,10 @@ def read_chapter(chapter: str):
 
 def default_params(nb) -> dict:
     """Values assigned in the cell tagged `parameters` (evaluated: they are plain literals)."""
-    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
-    if len(cells) != 1:
-        raise ChapterError(f"a chapter needs exactly one code cell tagged 'parameters', found {len(cells)}")
-    namespace: dict = {}
-    exec(cells[0].source, {}, namespace)  # noqa: S102 - the chapter's own literal defaults
-    return {k: v for k, v in namespace.items() if not k.startswith("_")}
+    try:
+        return _default_params(nb)
+    except ValueError as err:
+        raise ChapterError(str(err)) from None
 
 
 def param_sets(chapter: str) -> dict[str, dict]:
@@ -157,14 +160,56 @@ def output_paths(chapter: str, param_set: str, overridden: bool = False) -> tupl
     return base / f"{chapter}.ipynb", base / "records"
 
 
-def is_current(chapter: str, params: dict, notebook: Path, record_dir: Path) -> bool:
+def stale_reasons(chapter: str, params: dict, notebook: Path, record_dir: Path) -> list[str]:
+    """Why a chapter's executed result no longer matches its code and data; [] when it is current.
+
+    Compared with its run record: the chapter source and parameters (`cache_key`), the code of
+    every library module its kernel had imported (`library`) and every file it loaded (`inputs`).
+    """
     record = record_dir / f"{chapter}.json"
-    if not (notebook.exists() and record.exists()):
-        return False
+    if not notebook.exists():
+        return [f"never executed ({notebook.name} missing)"]
+    if not record.exists():
+        return [f"no run record ({record})"]
     saved = json.loads(record.read_text())
-    if saved.get("cache_key") != cache_key(chapter, params) or not saved.get("library"):
-        return False
-    return saved["library"] == library_hashes(saved["library"])
+    reasons = []
+    if saved.get("cache_key") != cache_key(chapter, params):
+        reasons.append("chapter source or parameters changed")
+    if not saved.get("library"):
+        reasons.append("its record lists no library modules")
+    for kind, stored, now in (("library module", saved.get("library") or {}, library_hashes(saved.get("library") or {})),
+                              ("input file", saved.get("inputs") or {}, input_hashes(saved.get("inputs") or {}))):
+        reasons += [f"{kind} {name} {'deleted' if now[name] is None else 'changed'}"
+                    for name in sorted(stored) if stored[name] != now[name]]
+    if "inputs" not in saved:
+        reasons.append("its record predates input-file keys (checkpoints it loaded are not listed)")
+    return reasons
+
+
+def is_current(chapter: str, params: dict, notebook: Path, record_dir: Path) -> bool:
+    return not stale_reasons(chapter, params, notebook, record_dir)
+
+
+def book_status(chapter: str) -> list[str]:
+    """`stale_reasons` of the book's own (default-set) result of `chapter`."""
+    notebook, record_dir = output_paths(chapter, "default")
+    return stale_reasons(chapter, resolve_params(chapter), notebook, record_dir)
+
+
+# Paths a book run itself writes: they do not make the tree dirty for the next chapter.
+RUN_OUTPUTS = ("book/chapters/", "book/records/", "book/audio/")
+
+
+def check_clean_tree(allow_dirty: bool) -> None:
+    """Refuse a book run from uncommitted changes, unless allowed (the record then stores the diff)."""
+    dirty = dirty_files(REPO_ROOT, ignore=RUN_OUTPUTS)
+    if dirty and not allow_dirty:
+        shown = "\n  ".join(dirty[:20]) + (f"\n  ... and {len(dirty) - 20} more" if len(dirty) > 20 else "")
+        raise ChapterError(
+            f"the work tree has uncommitted changes, so the book's result could not be traced to a commit:\n  {shown}\n"
+            "Commit them (git add/commit) and run again, or pass --allow-dirty to store the diff in the run "
+            "record (the chapter then says so), or run another set (--set smoke, -p ...) into runs/."
+        )
 
 
 def run_chapter(
@@ -174,10 +219,13 @@ def run_chapter(
     out: Path | None = None,
     record_dir: Path | None = None,
     force: bool = False,
+    allow_dirty: bool = False,
 ) -> Path:
     """Execute one chapter with papermill; returns the executed notebook's path.
 
-    The notebook is written to a temporary file and moved into place only on success, so a failed
+    A run into the book (the default set, default output) refuses a dirty work tree unless
+    `allow_dirty`, in which case the run record stores `git diff HEAD`. The notebook is written to
+    a temporary file and moved into place only on success, so a failed
     run never replaces the last good result; the failed notebook is kept under runs/failed/.
     """
     import papermill
@@ -192,11 +240,18 @@ def run_chapter(
         print(f"[book] {chapter}: up to date ({key})", flush=True)
         return out
 
+    into_book = out == BOOK / "chapters" / f"{chapter}.ipynb"
+    if into_book:
+        check_clean_tree(allow_dirty)
     print(f"[book] {chapter}: executing ({param_set} set{', overrides ' + str(overrides) if overrides else ''})", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     record_dir.mkdir(parents=True, exist_ok=True)
     os.environ[RECORD_DIR_ENV] = str(record_dir)  # the kernel inherits it: RunRecord writes there
     os.environ[NOTEBOOK_DIR_ENV] = str(out.parent)  # audio players link files relative to the notebook
+    if into_book and allow_dirty:
+        os.environ[ALLOW_DIRTY_ENV] = "1"  # the kernel's RunRecord stores the diff
+    else:
+        os.environ.pop(ALLOW_DIRTY_ENV, None)
     nb = read_chapter(chapter)
     injected = {**param_sets(chapter)[param_set], **(overrides or {})}  # validated above
     started = time.time()
@@ -264,6 +319,109 @@ def build_html(strict: bool = True) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Glued figures
+
+def glued_values(notebook: Path) -> dict[str, list[str]]:
+    """Every value an executed notebook glued (myst-nb), as its text/plain form, by name."""
+    glued: dict[str, list[str]] = {}
+    for cell in json.loads(Path(notebook).read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            scrap = output.get("metadata", {}).get("scrapbook")
+            if scrap:
+                glued.setdefault(scrap["name"], []).append(output["data"].get(scrap.get("mime_prefix", "") + "text/plain"))
+    return glued
+
+
+# A number typed in prose: digits not glued to a word (W4A4, fp16 and MiniLM-L6 are names).
+TYPED_NUMBER = re.compile(r"(?<![\w.\-/])[-+−]?\d+(?:,\d{3})*(?:\.\d+)?(?![\w/])")
+# Prose that may hold numbers: roles ({glue:text}`x`, {cite}`y`, {numref}`z`), inline code and
+# math, link targets, HTML tags, quotes marked with double quotes, and numbered labels.
+NOT_TYPED = re.compile(
+    r"\{[\w:-]+\}`[^`]*`|``[^`]*``|`[^`]*`|\$\$?[^$]*\$\$?|\]\([^)]*\)|<[^>]*>|\"[^\"]*\"|“[^”]*”"
+    r"|\b(?:Chapter|Chapters|Figure|Table|Section|Equation|Eq\.|WP|work package)\s+\d+(?:[–-]\d+)?",
+)
+
+
+def typed_numbers(chapter: str, text: str | None = None) -> list[tuple[int, str, str]]:
+    """(line, number, line text) of each number typed in a chapter's markdown prose.
+
+    Not counted: glued figures and other roles (citations, cross-references), inline code and math,
+    text in double quotes (a quote marked as quoted) or blockquotes, numbered labels (Chapter 3,
+    Figure 2, WP1), code cells, directive options and the front matter.
+    """
+    lines = (text if text is not None else chapter_source(chapter).read_text()).splitlines()
+    found: list[tuple[int, str, str]] = []
+    front = bool(lines and lines[0].strip() == "---")
+    fence, fence_prose, display_math, env_math = None, False, False, False
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if front:
+            front = not (number > 1 and stripped == "---")
+            continue
+        if fence and stripped.startswith(fence) and not stripped.strip(fence[0]):
+            fence = None  # the closing fence
+            continue
+        opener = re.match(r"^(`{3,}|~{3,})(.*)$", stripped)
+        if opener and not fence:
+            fence, info = opener.group(1), opener.group(2).strip()
+            # a directive's body ({note}, {warning}) is prose; code, math and figures are not
+            fence_prose = info.startswith("{") and not info.startswith(("{code-cell}", "{math}", "{glue", "{figure}", "{image}"))
+            continue
+        if stripped.startswith("$$"):  # display math: "$$" alone opens or closes a block
+            display_math ^= stripped.count("$$") == 1
+            continue
+        if stripped.startswith(("\\begin{", "\\end{")):  # an amsmath environment
+            env_math = stripped.startswith("\\begin{")
+            continue
+        if (fence and not fence_prose) or display_math or env_math:
+            continue
+        if stripped.startswith((">", ":", "+++", "(", "<!--")):
+            continue
+        for match in TYPED_NUMBER.finditer(NOT_TYPED.sub(" ", line)):
+            found.append((number, match.group(0), stripped))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Stale-chapter banner (a Sphinx extension: _config.yml lists accelerando.book)
+
+STALE_BANNER_TITLE = "Stale result"
+
+
+def stale_banner(chapter: str, reasons: list[str]) -> str:
+    """A MyST admonition styled as a warning: the chapter's result no longer matches its code or data."""
+    record = BOOK_RECORD_DIR / f"{chapter}.json"
+    commit = "unknown"
+    if record.exists():
+        commit = (json.loads(record.read_text()).get("git") or {}).get("commit") or "unknown"
+    listed = "\n".join(f"- {reason}" for reason in reasons[:12])
+    more = f"\n- ... and {len(reasons) - 12} more" if len(reasons) > 12 else ""
+    return (f"```{{admonition}} {STALE_BANNER_TITLE}\n:class: warning\n\nThis page was executed at commit `{commit[:10]}`; code or data "
+            f"changed since, so its figures may not be what the current code gives:\n\n{listed}{more}\n\n"
+            f"`make book` re-executes it.\n```\n")
+
+
+def _mark_stale_page(app, docname: str, source: list[str]) -> None:
+    """Sphinx `source-read`: put `stale_banner` after the first cell of a stale executed chapter."""
+    folder, _, chapter = docname.rpartition("/")
+    if folder != "book/chapters" or chapter not in chapter_names():
+        return
+    reasons = book_status(chapter)
+    if not reasons:
+        return
+    nb = json.loads(source[0])
+    banner = {"cell_type": "markdown", "metadata": {}, "source": stale_banner(chapter, reasons)}
+    nb["cells"].insert(1 if nb["cells"] else 0, banner)
+    source[0] = json.dumps(nb)
+
+
+def setup(app) -> dict:
+    """Sphinx extension entry point (named in _config.yml): marks stale chapters in the HTML."""
+    app.connect("source-read", _mark_stale_page)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -281,9 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="override a parameter (YAML value)")
     run.add_argument("--out", type=Path, help="executed notebook path (default: book/chapters or runs/<set>)")
     run.add_argument("--force", action="store_true", help="execute even if the result is current")
+    run.add_argument("--allow-dirty", action="store_true",
+                     help="run into the book from uncommitted changes (the record stores the diff)")
     build = sub.add_parser("build", help="execute every chapter that changed, then build the HTML")
     build.add_argument("--force", action="store_true", help="re-execute every chapter")
     build.add_argument("--no-html", action="store_true", help="execute chapters only")
+    build.add_argument("--allow-dirty", action="store_true",
+                       help="run from uncommitted changes (each record stores the diff)")
+    sub.add_parser("status", help="list each chapter as current or stale, and why")
+    numbers = sub.add_parser("numbers", help="list numbers typed in a chapter's prose (not glued, quoted or labels)")
+    numbers.add_argument("chapter")
     show = sub.add_parser("params", help="list a chapter's parameters and sets")
     show.add_argument("chapter")
     args = parser.parse_args(argv)
@@ -291,13 +456,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             overrides = {name: _parse_value(value) for name, value in args.p}
-            run_chapter(args.chapter, args.param_set, overrides, out=args.out, force=args.force)
+            run_chapter(args.chapter, args.param_set, overrides, out=args.out, force=args.force,
+                        allow_dirty=args.allow_dirty)
         elif args.command == "build":
             for chapter in chapter_names():
-                run_chapter(chapter, force=args.force)
+                run_chapter(chapter, force=args.force, allow_dirty=args.allow_dirty)
             if not args.no_html:
                 index = build_html()
                 print(f"[book] built {index.relative_to(REPO_ROOT)}")
+        elif args.command == "status":
+            for chapter in chapter_names():
+                reasons = book_status(chapter)
+                print(f"{chapter}: {'stale' if reasons else 'current'}")
+                for reason in reasons:
+                    print(f"    {reason}")
+        elif args.command == "numbers":
+            found = typed_numbers(args.chapter)
+            for line, number, text in found:
+                print(f"{args.chapter}.md:{line}: {number}    {text[:110]}")
+            print(f"{len(found)} typed numbers in {args.chapter}")
         elif args.command == "params":
             defaults = default_params(read_chapter(args.chapter))
             sets = param_sets(args.chapter)

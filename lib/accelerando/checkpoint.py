@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .machine import REPO_ROOT
+from .record import note_input
 
 CHECKPOINTS = REPO_ROOT / "checkpoints"  # the committed Lite checkpoints, one folder per model
 
@@ -42,6 +43,7 @@ def load_checked(module: nn.Module, weights_path: str | Path, fix: str = "") -> 
     """Load safetensors weights into `module` (cast to its dtypes) after checking that names and
     shapes match exactly; otherwise a ValueError lists missing, unexpected and misshapen tensors."""
     state = load_file(str(weights_path))
+    note_input(weights_path)  # the run record keys the chapter on this checkpoint's files
     own = module.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

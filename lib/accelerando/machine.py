@@ -69,10 +69,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU features that decide which fast paths exist (AVX2 vs AVX-512 kernels, VNNI int8 dot
+# products, AMX bf16/int8 tiles): absolute times are only comparable between machines sharing them.
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX512-VNNI", "avx_vnni": "AVX-VNNI",
+                "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
+
+
+@functools.cache
+def cpu_flags() -> list[str]:
+    """Which of CPU_FEATURES this CPU has (names as in CPU_FEATURES' values), from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [label for flag, label in CPU_FEATURES.items() if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def hardware() -> dict:
-    """CPU model, logical cores, memory, torch threads and any CUDA devices."""
+    """CPU model and features, logical cores, memory, torch threads and any CUDA devices."""
     info = {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -94,16 +114,32 @@ def _total_memory_bytes() -> int | None:
         return None
 
 
+def _git(root: Path, *args: str) -> str | None:
+    """Output of a git command in `root`, None when git is missing or fails (not a repository)."""
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def git_commit(root: Path = REPO_ROOT) -> dict:
     """The commit the code ran from, and whether the work tree had uncommitted changes."""
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
 
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+def git_diff(root: Path = REPO_ROOT) -> str | None:
+    """`git diff HEAD`: every uncommitted change to tracked files (None outside a repository)."""
+    return _git(root, "diff", "HEAD")
+
+
+def dirty_files(root: Path = REPO_ROOT, ignore: tuple[str, ...] = ()) -> list[str] | None:
+    """Paths with uncommitted changes, untracked files included (git-ignored ones are not), except
+    those under the `ignore` prefixes; None outside a repository."""
+    status = _git(root, "status", "--porcelain", "--untracked-files=all")
+    if status is None:
+        return None
+    paths = [line[3:].split(" -> ")[-1].strip('"') for line in status.splitlines() if line.strip()]
+    return [p for p in paths if not p.startswith(ignore)]

@@ -113,7 +113,7 @@ def quant(args) -> list[dict]:
             summary |= {f"kad_{e}": _ci(est) for e, est in kads[name].items()}
             records.append(_print(summary, args.json))
     if args.tokens:
-        from .quant_tokens import TOKEN_SKIP
+        from ..quant import TOKEN_SKIP
 
         # the audio-domain objectives score decoded audio: a token model has none, so layer_mse only
         methods = [m for m in args.methods if "+" not in m]
@@ -154,14 +154,15 @@ def _quant_qat(args, train: list[str], test: list[str]) -> list[dict]:
     from ..data import build_corpus, preset as corpus_preset
     from ..metrics.stats import bootstrap_ci, paired_comparison
     from ..models.stable_audio_lite import load_stable_audio_lite
-    from ..quant import QATConfig, corpus_data, preset as quant_preset
+    from ..quant import preset as quant_preset
+    from ..train.qat import QATTrainingConfig, corpus_data
     from .qat import qat_fidelity
     from .quant import SCORES
 
     pipe = load_stable_audio_lite()
     clips = build_corpus(corpus_preset(args.qat_corpus, sample_rate=22050))
     data = corpus_data(pipe, clips, "train", args.qat_train_clips, seed=args.seed)
-    qat = QATConfig(minutes=None, max_steps=args.qat_steps, batch_size=args.qat_batch, val_batches=0, seed=args.seed)
+    qat = QATTrainingConfig(minutes=None, max_steps=args.qat_steps, batch_size=args.qat_batch, val_batches=0, seed=args.seed)
     rows = list(qat_fidelity(pipe, quant_preset("svdquant", 4, 4, rank=args.rank, seed=args.seed), train, test, data,
                              tuple(args.qat_objectives), qat, steps=args.steps, seconds=args.seconds, seed=args.seed))
     ptq = sorted((r for r in rows if r["method"] == "ptq"), key=lambda r: r["prompt"])
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--token-prompt-seconds", type=float, default=3.0, help="model B's audio prompt (each clip's opening)")
     q.add_argument("--qat", action="store_true", help="also W4A4 SVDQuant after PTQ vs after QAT of its low-rank branches")
     q.add_argument("--qat-objectives", nargs="+", default=["latent_mse", "stft_complex"],
-                   help="QAT objectives (accelerando.quant.qat.OBJECTIVES), each from the same PTQ model")
+                   help="QAT objectives (accelerando.train.qat.OBJECTIVES), each from the same PTQ model")
     q.add_argument("--qat-steps", type=int, default=30, help="optimizer steps per QAT objective")
     q.add_argument("--qat-batch", type=int, default=4, help="training clips per QAT step")
     q.add_argument("--qat-train-clips", type=int, default=800, help="training-split clips QAT draws from")
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in args.external:
             if m not in EXTERNAL_METHODS:
                 parser.error(f"--external: {m!r} is not one of {EXTERNAL_METHODS}")
-        from ..quant.qat import OBJECTIVES as QAT_OBJECTIVES
+        from ..train.qat import OBJECTIVES as QAT_OBJECTIVES
 
         bad = [o for o in args.qat_objectives if o not in QAT_OBJECTIVES]
         if bad:

@@ -15,8 +15,8 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
+from ..models.stable_audio_conditioning import rotary
 from .measure import count_flops, measure
 
 # Stable Audio conditions the DiT on the T5 tokens plus two timing tokens (seconds start / end).
@@ -26,14 +26,6 @@ TIMING_TOKENS = 2
 def latent_frames(vae, seconds: float) -> int:
     """Latent frames covering `seconds` of audio: ceil(seconds * sampling_rate / hop_length)."""
     return math.ceil(seconds * vae.config.sampling_rate / vae.hop_length)
-
-
-def rotary_table(transformer, tokens: int, device="cpu", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) rotary tables for `tokens` positions, as the pipeline makes them (half of each head)."""
-    cos, sin = get_1d_rotary_pos_embed(
-        transformer.config.attention_head_dim // 2, tokens, use_real=True, repeat_interleave_real=False
-    )
-    return cos.to(device, dtype), sin.to(device, dtype)
 
 
 def dit_inputs(pipe, frames: int, batch: int = 1, device="cpu", dtype=torch.float32, generator=None) -> dict:
@@ -51,7 +43,7 @@ def dit_inputs(pipe, frames: int, batch: int = 1, device="cpu", dtype=torch.floa
         "timestep": torch.tensor([500.0], device=device),
         "encoder_hidden_states": shape(batch, text_len, cfg.cross_attention_input_dim),
         "global_hidden_states": shape(batch, 1, cfg.global_states_input_dim),
-        "rotary_embedding": rotary_table(pipe.transformer, frames + 1, device, dtype),
+        "rotary_embedding": rotary(pipe, frames, device, dtype),
         "return_dict": False,
     }
 
@@ -146,11 +138,11 @@ def dit_block_split(
         x = torch.randn(1, tokens, inner, generator=gen).to(device, dtype)
         ctx = torch.randn(1, pipe.tokenizer.model_max_length + TIMING_TOKENS, tr.config.cross_attention_dim, generator=gen)
         ctx = ctx.to(device, dtype)
-        rotary = rotary_table(tr, tokens, device, dtype)
+        rotary_emb = rotary(pipe, frames, device, dtype)
         normed = block.norm1(x)
         parts = {
-            "dit_block": lambda: block(x, encoder_hidden_states=ctx, rotary_embedding=rotary),
-            "dit_block_self_attention": lambda: block.attn1(normed, rotary_emb=rotary),
+            "dit_block": lambda: block(x, encoder_hidden_states=ctx, rotary_embedding=rotary_emb),
+            "dit_block_self_attention": lambda: block.attn1(normed, rotary_emb=rotary_emb),
         }
         for name, fn in parts.items():
             yield measure(

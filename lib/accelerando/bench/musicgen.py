@@ -17,39 +17,11 @@ states [N, L, 384] and masks [N, L].
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..models.musicgen_lite import MusicGenLite, inputs_and_labels, label_codebooks, null_condition
-
-
-@torch.no_grad()
-def token_nll(model: MusicGenLite, target: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
-              context: torch.Tensor | None = None, prompt_codes: torch.Tensor | None = None,
-              batch: int = 16) -> torch.Tensor:
-    """Per clip and codebook, the mean negative log-likelihood (nats per token) of `target` codes
-    [N, K, T]. `context` [N, K, C] (model A): codes the model reads first, as MusicGen continues an
-    audio prompt; their own tokens are not scored. `prompt_codes` [N, K, P] (model B): the audio
-    prompt in its cross-attention memory. Returns [N, K]."""
-    model.eval()
-    cfg = model.config
-    out = []
-    for i in range(0, target.shape[0], batch):
-        sl = slice(i, i + batch)
-        codes = target[sl] if context is None else torch.cat([context[sl], target[sl]], -1)
-        inputs, labels = inputs_and_labels(codes, cfg.codebook_size, cfg.pattern)
-        c = 0 if context is None else context.shape[-1]
-        if cfg.pattern == "delay":
-            for k in range(labels.shape[1]):  # token (k, frame t) sits at step t + k; score frames >= c only
-                labels[:, k, : c + k] = -100
-        else:
-            labels[:, 0, : c * cfg.codebooks] = -100
-        logits = model(inputs, states[sl].float(), mask[sl], None if prompt_codes is None else prompt_codes[sl])
-        ce = nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), labels, ignore_index=-100, reduction="none")
-        book, scored = label_codebooks(labels, cfg.codebooks), labels != -100
-        out.append(torch.stack([ce[:, book == k].sum(-1) / scored[:, book == k].sum(-1).clamp(min=1)
-                                for k in range(cfg.codebooks)], 1))  # [b, K]
-    return torch.cat(out)
+from ..models.musicgen_lite import MusicGenLite, null_condition
+# token_nll scores a model; it lives with the trainer that validates with it (train < bench), and
+# chapters and tests import it from here too
+from ..train.musicgen_lite import token_nll
 
 
 def conditioned_nll(model_a: MusicGenLite, model_b: MusicGenLite, test: dict, prompt_frames: int,

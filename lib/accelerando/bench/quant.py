@@ -34,9 +34,8 @@ import torch
 from torch import nn
 
 from ..machine import set_threads
-from ..quant import SVDQuantConfig, SVDQuantLinear, quantize_
+from ..quant import QuantConfig, SVDQuantConfig, SVDQuantLinear, WeightOnlyConfig, quantize_
 from ..quant.api import default_filter
-from ..quant.baselines import quantize_external
 from ..quant.objectives import pipeline_calibration, render
 from .measure import compare
 
@@ -117,7 +116,7 @@ def fidelity_scores(ref: np.ndarray, gen: np.ndarray, sr: int) -> dict:
             "si_sdr": si_sdr(ref, gen, sr), "lsd": log_spectral_distance(ref, gen, sr)}
 
 
-def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], calib_prompts: list[str],
+def fidelity_to_full_precision(pipe, configs: dict[str, QuantConfig | str], calib_prompts: list[str],
                                eval_prompts: list[str], *, steps: int = 25, seconds: float = 4.0,
                                calib_steps: int = 8, calib_seconds: float = 2.0, guidance_scale: float = 6.0,
                                batch_size: int = 8, seed: int = 0, keep_audio: int = 0,
@@ -125,8 +124,8 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
                                confirm: Collection[str] = (), reports: dict | None = None) -> Iterator[dict]:
     """Per config and evaluation prompt, one record of fidelity to the full-precision output.
 
-    A config is an `SVDQuantConfig` or the name of an external weight-only baseline
-    (`accelerando.quant.baselines.EXTERNAL_METHODS`). The transformer is quantized on a copy; the
+    A config is any config `quantize_` knows (`SVDQuantConfig`, `WeightOnlyConfig`, ...) or the name
+    of an external weight-only baseline (`accelerando.quant.EXTERNAL_METHODS`). The transformer is quantized on a copy; the
     pipeline's own transformer is restored after each config. Records: method, prompt index,
     mrstft, complex_mrstft, si_sdr, lsd, quantize_seconds, quantized_layers; the first
     `keep_audio` prompts' records also carry "audio" and "reference_audio" ([channels, samples]
@@ -168,12 +167,11 @@ def fidelity_to_full_precision(pipe, configs: dict[str, SVDQuantConfig | str], c
                                                    guidance_scale=guidance_scale, seed=seed + 10_000)
             start = time.perf_counter()
             if isinstance(config, str):
-                quantized = quantize_external(dit, config)
-            else:
-                report = quantize_(dit, config, calib=calib, audio_fn=audio_fn)
-                quantized = report.quantized
-                if reports is not None:
-                    reports[method] = report
+                config = WeightOnlyConfig.from_method(config)
+            report = quantize_(dit, config, calib=calib, audio_fn=audio_fn)
+            quantized = report.quantized
+            if reports is not None:
+                reports[method] = report
             spent = time.perf_counter() - start
             audio, _ = render_eval(eval_prompts)
             confirm_audio = render_confirm()[0] if method in confirm else None
@@ -267,7 +265,7 @@ def _int8_block_speed(transformer_config: dict, seconds: float, rank: int, round
                                                  backend="int8-cpu", skip=()))
     with torch.no_grad():
         ref, out = block(x, encoder_hidden_states=ctx), quantized(x, encoder_hidden_states=ctx)
-    rel = float(((out - ref) ** 2).sum() / (ref**2).sum())
+    rel = float((out - ref).norm() / ref.norm())  # ||out - ref|| / ||ref||
     timings = compare({"fp32": lambda: block(x, encoder_hidden_states=ctx),
                        "int8+lowrank": lambda: quantized(x, encoder_hidden_states=ctx)},
                       rounds=rounds, baseline="fp32", device="cpu")

@@ -38,12 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quant import QuantReport, SVDQuantConfig, quantize_
-from ..quant.config import DEFAULT_SKIP
-
-# The token models' conditioning projections join the DiT's skip list (SVDQuant keeps conditioning
-# embedders in 16-bit); `lm_head` (already in DEFAULT_SKIP) matches MusicGen's `lm_heads.k`.
-TOKEN_SKIP = DEFAULT_SKIP + ("text_proj", "prompt_proj")
+from ..quant import TOKEN_SKIP, QuantReport, SVDQuantConfig, quantize_
 
 LogitsFn = Callable[[nn.Module, dict], torch.Tensor]
 

@@ -18,7 +18,8 @@ import torch
 from ..metrics.fidelity import complex_mrstft_distance, mrstft_distance
 from ..metrics.seams import seam_jump
 from ..models.latent_grouping import latent_channels
-from ..sparse import CachedDecoder, EditSession, KVCacheAttention, decode_window, dit_forward
+from ..attention import KeyValueCache
+from ..sparse import CachedDecoder, EditSession, decode_window, dit_forward
 from .baseline import dit_inputs
 from .measure import compare
 
@@ -109,7 +110,7 @@ def dit_step_speed(pipe, frames: int, fractions: list[float], *, margin: int = 8
     inputs = dit_inputs(pipe, frames, batch, generator=torch.Generator().manual_seed(seed))
     inputs.pop("return_dict")
     transformer = pipe.transformer
-    cache = KVCacheAttention.install(transformer)
+    cache = KeyValueCache.install(transformer)
     try:
         calls = {"dense": lambda: dit_forward(transformer, cache, **inputs)}
         calls["dense"]()
@@ -121,7 +122,7 @@ def dit_step_speed(pipe, frames: int, fractions: list[float], *, margin: int = 8
         timing = compare(calls, rounds=rounds, warmup=warmup, baseline="dense", device="cpu")
         kv_bytes = cache.nbytes()
     finally:
-        KVCacheAttention.uninstall(transformer)
+        cache.remove(transformer)
     return [{
         "measure": "dit_step_speed", "frames": frames, "fraction": f, "batch": batch, "margin": margin,
         "active_fraction": len(active[f]) / frames, "dense_s": timing["dense"]["latency_s_min"],
@@ -260,7 +261,7 @@ def prefix_edit_speed(model, *, frames: int, at: list[int], text_tokens: int = 1
     frame, recompute the kept prefix in one forward then decode the rest, or read the prefix's
     stored keys/values and decode the rest. Then the memory of `branches` alternative edits
     from the first `at` stored as a tree against one full cache per branch."""
-    from ..sparse.prefix import PrefixTree
+    from ..editing import PrefixTree
 
     gen = torch.Generator().manual_seed(seed)
     text = torch.randint(0, model.text_encoder.config.vocab_size, (1, text_tokens), generator=gen)

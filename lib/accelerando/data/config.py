@@ -18,7 +18,7 @@ from pathlib import Path
 
 # Bump when a change in this package changes what a build produces for the same config: the
 # cache key includes it, so stale folders are never reused.
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: scores read at sounding pitch (transposing instruments, ottavas)
 
 # What the renderer makes natively (midirenderer renders at 48 kHz): higher would be empty
 # spectrum; below 16 kHz too little of the timbre is left to be music training data.

@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-EXTRACT_VERSION = 1  # bump when the extracted dict changes: cached extractions are keyed on it
+EXTRACT_VERSION = 2  # bump when the extracted dict changes: cached extractions are keyed on it
 EPS = 1e-6  # quarter lengths: offsets from music21 are exact fractions turned into floats
 
 
@@ -170,7 +170,7 @@ def extract_work(ref: WorkRef, cache_dir: Path | None = None) -> dict:
 
 
 def _extract(ref: WorkRef) -> dict:
-    from music21 import converter, expressions, key, meter, stream
+    from music21 import converter, stream
 
     kwargs = {"number": ref.number} if ref.number is not None else {}
     # forceSource: parse the file itself; music21 would also write a pickle cache per file, and
@@ -180,6 +180,20 @@ def _extract(ref: WorkRef) -> dict:
         score = converter.parse(corpus_dir() / ref.path, forceSource=True, **kwargs)
     if isinstance(score, stream.Opus):
         raise SkipWork("file holds several scores")
+    return read_score(score, ref)
+
+
+def read_score(score, ref: WorkRef) -> dict:
+    """The extracted dict (see `extract_work`) of a parsed music21 Score (or single Part).
+
+    Pitches and key signatures are read at sounding pitch: MusicXML writes a B-flat clarinet a
+    tone above what it plays and a piccolo or double bass an octave off, and the renderer plays
+    MIDI numbers as they are, so a written-pitch part would sound out of tune with the others
+    and give the wrong key. Ottava lines are resolved the same way.
+    """
+    from music21 import expressions, key, meter
+
+    score = score.toSoundingPitch()  # a copy: the caller's score stays as written
     parts = list(score.parts) or [score]
     measures = _bar_grid(parts[0], meter)
     if not measures:

@@ -7,7 +7,8 @@
   mel distance, for aligned reference/generated pairs.
 - `rhythm` (Beat Consistency Score, beat F-measure), `tonal` (Key Stability Index, MIREX key
   score), `transients` (Transient Smearing Ratio), `structure` (boundary hit-rate F at 0.5 s and
-  3 s), `speed` (real-time factor), `text_audio` (CLAP score hook).
+  3 s), `text_audio` (CLAP score hook), `codec` (how audio survives a token codec).
+  Speed (latency, real-time factor) is measured by `accelerando.bench`.
 - `stats`: `Estimate` (value, ci_low, ci_high, n), seeded bootstrap intervals, paired comparisons.
 
 Command line: `python -m accelerando.metrics --ref DIR --gen DIR --json`.
@@ -20,7 +21,6 @@ from .distribution import compare_fad, fad, fad_inf, frechet_distance, kad
 from .embeddings import EMBEDDINGS, Embedding, MissingCheckpoint, checkpoint_dir, get_embedding, register_embedding
 from .fidelity import FIDELITY_METRICS, complex_mrstft_distance, log_spectral_distance, mel_distance, mrstft_distance, si_sdr
 from .rhythm import beat_consistency, beat_f_measure, estimate_beats, local_tempo
-from .speed import real_time_factor
 from .stats import Estimate, PairedComparison, bootstrap_ci, paired_comparison
 from .structure import segment_boundaries, segmentation_f
 from .text_audio import clap_score
@@ -32,6 +32,6 @@ __all__ = [
     "beat_consistency", "beat_f_measure", "bootstrap_ci", "checkpoint_dir", "clap_score", "compare_fad",
     "complex_mrstft_distance", "estimate_beats", "estimate_key", "fad", "fad_inf", "frechet_distance",
     "get_embedding", "kad", "key_score", "key_stability", "local_tempo", "log_spectral_distance",
-    "mel_distance", "mrstft_distance", "paired_comparison", "real_time_factor", "register_embedding",
+    "mel_distance", "mrstft_distance", "paired_comparison", "register_embedding",
     "segment_boundaries", "segmentation_f", "si_sdr", "transient_smearing_ratio",
 ]

@@ -203,3 +203,14 @@ def monotonicity(severity: np.ndarray, values: np.ndarray) -> float:
     if len(severity) < 2 or np.ptp(values) == 0:
         return 0.0
     return float(stats.spearmanr(severity, values).statistic)
+
+
+def moves_with_damage(severity: np.ndarray, values: np.ndarray, *, higher_is_worse: bool) -> bool:
+    """Verdict: does the metric move strictly monotonically *and the right way* as damage grows?
+
+    higher_is_worse: True for distances (LSD, MR-STFT, mel), False for scores where 1 or more is
+    healthy (SI-SDR, beat consistency, key stability, transient smearing ratio). A metric that
+    rises perfectly under damage when it should fall has rho = +1, |rho| = 1, and fails here.
+    """
+    rho = monotonicity(severity, values)
+    return rho > 1 - 1e-9 if higher_is_worse else rho < -1 + 1e-9

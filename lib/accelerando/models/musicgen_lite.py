@@ -199,7 +199,7 @@ class MusicGenLite(nn.Module):
         book = torch.arange(past_steps, past_steps + s) % self.config.codebooks  # step s predicts codebook s mod K
         logits = h.new_empty(b, s, self.config.codebook_size)
         for k, head in enumerate(self.lm_heads):
-            logits[:, book == k] = head(h[:, book == k])
+            logits[:, book == k] = head(h[:, book == k]).to(logits.dtype)  # bf16 under autocast
         return logits[:, None]
 
     def _embed_flat(self, tokens: torch.Tensor, past_steps: int) -> torch.Tensor:

@@ -51,7 +51,16 @@ from .autoencoder_lite import load_autoencoder_lite
 from .common import seeded_build
 from .latent_grouping import latent_channels
 from .stable_audio import SCHEDULER_CONFIG
-from .text_encoder import check_prompts, shared_text_encoder
+# conditioning, rotary, text_states: re-exported for train.dit and quant.qat, which import them from here
+from .stable_audio_conditioning import (  # noqa: F401
+    check_prompts_fit,
+    check_seconds,
+    conditioning,
+    max_seconds,
+    rotary,
+    text_states,
+)
+from .text_encoder import shared_text_encoder
 
 DIT_CHECKPOINT = CHECKPOINTS / "stable_audio_lite"
 VAE_CHECKPOINT = CHECKPOINTS / "autoencoder_lite"
@@ -183,50 +192,8 @@ def build_stable_audio_lite(
 
 
 # ---------------------------------------------------------------------------------------------
-# Conditioning and the diffusion objective, exactly as StableAudioPipeline.__call__ builds them
+# The diffusion objective (the conditioning is `stable_audio_conditioning`'s)
 # ---------------------------------------------------------------------------------------------
-
-
-def text_states(pipe: StableAudioPipeline, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """MiniLM token states [B, 64, 384] and mask [B, 64] of `prompts`, padded as the pipeline pads."""
-    check_prompts(prompts)
-    batch = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        states = pipe.text_encoder(batch.input_ids, attention_mask=batch.attention_mask)[0]
-    return states, batch.attention_mask
-
-
-def conditioning(
-    pipe: StableAudioPipeline,
-    states: torch.Tensor,
-    mask: torch.Tensor,
-    seconds_start: torch.Tensor,
-    seconds_end: torch.Tensor,
-    drop: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-attention states [B, T + 2, C] and global states [B, 1, 2C] as the pipeline makes them.
-
-    states/mask from `text_states`; seconds_* [B] in seconds. `drop` [B] bool marks rows whose
-    cross-attention input becomes all zeros, the pipeline's unconditional input for guidance
-    (classifier-free guidance dropout); the global (timing) states are kept, as in the pipeline.
-    """
-    proj = pipe.projection_model
-    text = proj(text_hidden_states=states).text_hidden_states * mask.unsqueeze(-1).to(states.dtype)
-    timing = proj(start_seconds=seconds_start, end_seconds=seconds_end)
-    start, end = timing.seconds_start_hidden_states, timing.seconds_end_hidden_states  # [B, 1, C]
-    cross = torch.cat([text, start, end], dim=1)
-    if drop is not None:
-        cross = torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
-    return cross, torch.cat([start, end], dim=2)
-
-
-def rotary(pipe: StableAudioPipeline, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pipeline's rotary table for `frames` latent frames plus the prepended global token."""
-    from diffusers.models.embeddings import get_1d_rotary_pos_embed
-
-    return get_1d_rotary_pos_embed(pipe.transformer.config.attention_head_dim // 2, frames + 1,
-                                   use_real=True, repeat_interleave_real=False)
 
 
 def diffusion_target(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, sigma_data: float
@@ -315,11 +282,6 @@ def load_stable_audio_lite(
 # ---------------------------------------------------------------------------------------------
 
 
-def max_seconds(pipe: StableAudioPipeline) -> float:
-    """Longest audio the pipeline denoises: transformer sample_size x hop / sample rate (seconds)."""
-    return pipe.transformer.config.sample_size * pipe.vae.hop_length / pipe.vae.config.sampling_rate
-
-
 def generate(
     pipe: StableAudioPipeline,
     prompt: str | list[str],
@@ -336,15 +298,8 @@ def generate(
     ValueError naming the fix: empty or over-long prompts, `seconds` outside (0, max_seconds],
     steps < 1. The same `seed` gives the same audio.
     """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    check_prompts(prompts)
-    lengths = [len(ids) for ids in pipe.tokenizer(prompts, verbose=False)["input_ids"]]
-    check_prompts(prompts, pipe.tokenizer.model_max_length, lengths)
-    longest = max_seconds(pipe)
-    limit = min(longest, float(pipe.projection_model.config.max_value))
-    if not 0 < seconds <= limit:
-        raise ValueError(f"seconds={seconds}: this model generates up to {limit:.2f} s (its trained range); "
-                         f"ask for 0 < seconds <= {limit:.2f}")
+    prompts = check_prompts_fit(pipe, prompt)
+    seconds = check_seconds(pipe, seconds)
     if int(steps) < 1:
         raise ValueError(f"steps={steps}: use at least 1 denoising step")
     generator = torch.Generator("cpu").manual_seed(int(seed))

@@ -1,12 +1,18 @@
-"""`quantize_(model, SVDQuantConfig(...), calib=...)`: patch a model's linear layers in place.
+"""`quantize_(model, config, filter_fn=None, calib=None)`: patch a model's layers in place, one verb for every method.
 
     from accelerando.quant import quantize_, SVDQuantConfig
     report = quantize_(pipe.transformer, SVDQuantConfig(weight_bits=4, act_bits=4, rank=32),
                        calib=lambda dit: pipe(prompts, num_inference_steps=8))
-    report.table()          # one row per linear: quantized or skipped (and why), alpha, errors
+    report.table()          # one row per linear or convolution: quantized or skipped (and why), alpha, errors
+    report.parameters       # parameters quantized / left in full precision (norms, embeddings, convs, skips)
 
-Steps: pick the target linears (every nn.Linear whose name matches no `config.skip` substring and
-passes `filter_fn`); if the config smooths, searches clipping or allocates ranks, record their
+`quantize_` looks the config's type up in a registry (`register_quantize_module_handler`, torchao's
+pattern): a new method adds a config class and a handler, never an edit here. The config is then
+`model.quantization_config`, and every quantized layer carries it too (`quantization_config_of`),
+so an inner module can be saved on its own.
+
+SVDQuant's steps: pick the target linears (every nn.Linear none of whose name components matches a
+`config.skip` glob and that passes `filter_fn`); if the config smooths, searches clipping or allocates ranks, record their
 inputs while `calib` runs the full-precision model; then, layer by layer, choose the smoothing and
 the weight clipping (`clip_grid`) by the objective, refit the low-rank branch, quantize the
 residual and swap an `SVDQuantLinear` in. With `rank_allocation="knapsack"` each layer is also
@@ -28,18 +34,24 @@ import torch
 from torch import nn
 
 from .calibrate import InputStats, record_inputs
-from .config import AUDIO_OBJECTIVES, SVDQuantConfig
+from .config import AUDIO_OBJECTIVES, QuantConfig, RTNConfig, SmoothQuantConfig, SVDQuantConfig, skip_pattern
 from .linear import SILU_FLOOR, SVDQuantLinear, smoothing_factors
 from .objectives import stft_distance
 
 
 @dataclass
 class QuantReport:
-    """Per-layer outcome of `quantize_`; `table()` gives a DataFrame."""
+    """Per-layer outcome of `quantize_`; `table()` gives a DataFrame.
 
-    config: SVDQuantConfig
+    Each row: name, status ("quantized" or "skipped"), reason, pattern (the skip glob that matched,
+    if one did), shape, parameters (weight + bias elements), and the method's own columns.
+    `total_parameters` counts every parameter of the model when `quantize_` began.
+    """
+
+    config: QuantConfig
     layers: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    total_parameters: int = 0
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.layers)
@@ -57,21 +69,69 @@ class QuantReport:
     def skipped(self) -> dict[str, str]:
         return {r["name"]: r["reason"] for r in self.layers if r["status"] == "skipped"}
 
+    @property
+    def parameters(self) -> dict[str, float]:
+        """{"quantized", "full_precision": parameter counts, "full_precision_fraction"}: everything not in
+        a quantized layer (skipped linears, convolutions, norms, embeddings) stays in full precision."""
+        quantized = sum(r.get("parameters", 0) for r in self.layers if r["status"] == "quantized")
+        full = self.total_parameters - quantized
+        return {"quantized": quantized, "full_precision": full,
+                "full_precision_fraction": full / self.total_parameters if self.total_parameters else 0.0}
 
-def default_filter(module: nn.Module, name: str, config: SVDQuantConfig) -> str | None:
+
+def _parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
+def default_filter(module: nn.Module, name: str, config: QuantConfig) -> str | None:
     """None if `module` is to be quantized, else the reason it is skipped."""
     if not isinstance(module, nn.Linear):
-        return "not an nn.Linear"
-    hit = next((s for s in config.skip if s in name), None)
+        return f"a {type(module).__name__}, not an nn.Linear: only linear layers are quantized"
+    hit = skip_pattern(name, config.skip)
     if hit:
         return f"name matches skip pattern {hit!r}"
-    if module.in_features % config.group_size:
-        return f"in_features {module.in_features} not a multiple of group_size {config.group_size}"
+    group_size = getattr(config, "group_size", None)
+    if group_size and module.in_features % group_size:
+        return f"in_features {module.in_features} not a multiple of group_size {group_size}"
     return None
 
 
-def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
-    """||y - ref||^2 / ||ref||^2 (0 is exact)."""
+def select_layers(model: nn.Module, config: QuantConfig, filter_fn: Callable[[nn.Module, str], bool] | None,
+                  report: QuantReport) -> list[str]:
+    """The qualified names of the linears to quantize; every other linear and every convolution gets a
+    "skipped" row in `report` with its reason (and the skip pattern that matched, if one did)."""
+    targets = []
+    for name, module in model.named_modules():
+        if isinstance(module, SVDQuantLinear):
+            raise ValueError(f"{name} is already quantized; quantize a full-precision copy of the model")
+        if not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        reason = default_filter(module, name, config)
+        if reason is None and filter_fn is not None and not filter_fn(module, name):
+            reason = "excluded by filter_fn"
+        if reason:
+            pattern = skip_pattern(name, config.skip) if isinstance(module, nn.Linear) else None
+            report.layers.append({"name": name, "status": "skipped", "reason": reason, "pattern": pattern,
+                                  "shape": tuple(module.weight.shape), "parameters": _parameters(module)})
+        else:
+            targets.append(name)
+    if not targets:
+        raise ValueError("no linear layer to quantize: every nn.Linear was skipped (see the skip patterns, matched "
+                         "against path components, and group_size): " + _skip_summary(report))
+    return targets
+
+
+def _skip_summary(report: QuantReport) -> str:
+    """E.g. "'embed*' skipped 12 layers, 'norm*' 3"."""
+    counts: dict[str, int] = {}
+    for r in report.layers:
+        if r.get("pattern"):
+            counts[r["pattern"]] = counts.get(r["pattern"], 0) + 1
+    return ", ".join(f"{p!r} skipped {n}" for p, n in counts.items()) or "no skip pattern matched"
+
+
+def _squared_relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """||y - ref||^2 / ||ref||^2 (0 is exact): the squared relative error."""
     return float(((y - ref) ** 2).sum() / (ref**2).sum().clamp_min(1e-30))
 
 
@@ -125,7 +185,7 @@ def _quantize_layer(linear: nn.Linear, stats: InputStats | None, config: SVDQuan
                                           lowrank_bits=config.lowrank_bits)
 
     def score(layer):
-        return None if x is None else _relative_error(layer(x), ref)
+        return None if x is None else _squared_relative_error(layer(x), ref)
 
     candidates = search_candidates(config)
     if len(candidates) > 1 and x is None:
@@ -248,9 +308,10 @@ def _cpu_copy(linear: nn.Linear) -> nn.Linear:
 _HANDLERS: dict[type, Callable] = {}
 
 
-def register_quantize_handler(config_type: type):
+def register_quantize_module_handler(config_type: type):
     """Decorator mapping a config class to the function that applies it (torchao's pattern):
-    a new technique adds a config and a handler, never an edit to `quantize_`."""
+    a new technique adds a config and a handler, never an edit to `quantize_`.
+    The handler is `handler(model, config, calib, filter_fn, audio_fn) -> QuantReport`."""
 
     def wrap(fn):
         _HANDLERS[config_type] = fn
@@ -259,14 +320,18 @@ def register_quantize_handler(config_type: type):
     return wrap
 
 
-def quantize_(model: nn.Module, config: SVDQuantConfig, calib: Callable | Iterable | None = None,
-              filter_fn: Callable[[nn.Module, str], bool] | None = None,
+def quantize_(model: nn.Module, config: QuantConfig, filter_fn: Callable[[nn.Module, str], bool] | None = None,
+              calib: Callable | Iterable | None = None,
               audio_fn: Callable[[nn.Module], torch.Tensor] | None = None) -> QuantReport:
     """Replace `model`'s eligible nn.Linear layers by quantized ones, in place; returns the report.
 
-    calib       a callable `calib(model)` that runs the full-precision model on calibration data
-                (or an iterable of inputs); needed when the config smooths (`smoothing != 'off'`).
+    config      any registered config: `SVDQuantConfig`, `RTNConfig`, `SmoothQuantConfig`, `WeightOnlyConfig`.
     filter_fn   `filter_fn(module, qualified_name) -> bool`, a further restriction of the targets.
+    calib       a callable `calib(model)` that runs the full-precision model on calibration data,
+                or an iterable of inputs (tensors passed positionally, any Mapping, such as a
+                tokenizer's BatchEncoding, as keyword arguments). Run only when the config uses
+                statistics (`config.uses_calibration`); needed when it smooths, searches clipping
+                or allocates ranks (`config.needs_calibration`).
     audio_fn    for the audio-domain objectives: `audio_fn(model) -> (waveforms [batch, channels,
                 samples], sample rate)`, the same prompts from the same noise on every call (see
                 `accelerando.quant.objectives.pipeline_calibration`).
@@ -274,29 +339,29 @@ def quantize_(model: nn.Module, config: SVDQuantConfig, calib: Callable | Iterab
     handler = _HANDLERS.get(type(config))
     if handler is None:
         raise TypeError(f"no quantization handler for {type(config).__name__}; known: {[t.__name__ for t in _HANDLERS]}")
-    return handler(model, config, calib, filter_fn, audio_fn)
+    report = handler(model, config, calib, filter_fn, audio_fn)
+    if isinstance(config, QuantConfig):
+        model.quantization_config = config.result_config  # read by save_quantized; quantized layers carry it too
+    return report
 
 
-@register_quantize_handler(SVDQuantConfig)
+def quantization_config_of(module: nn.Module) -> QuantConfig | None:
+    """The config `quantize_` applied to `module` or to any model containing it: the module's own
+    `quantization_config`, else the one its quantized layers carry (None if neither)."""
+    own = getattr(module, "quantization_config", None)
+    if isinstance(own, QuantConfig):
+        return own
+    return next((m.quantization_config for m in module.modules()
+                 if isinstance(getattr(m, "quantization_config", None), QuantConfig)), None)
+
+
+@register_quantize_module_handler(SVDQuantConfig)
+@register_quantize_module_handler(RTNConfig)
+@register_quantize_module_handler(SmoothQuantConfig)
 def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_fn, audio_fn) -> QuantReport:
     start = time.perf_counter()
-    report = QuantReport(config)
-    targets = []
-    for name, module in model.named_modules():
-        if isinstance(module, SVDQuantLinear):
-            raise ValueError(f"{name} is already quantized; quantize a full-precision copy of the model")
-        if not isinstance(module, nn.Linear):
-            continue
-        reason = default_filter(module, name, config)
-        if reason is None and filter_fn is not None and not filter_fn(module, name):
-            reason = "excluded by filter_fn"
-        if reason:
-            report.layers.append({"name": name, "status": "skipped", "reason": reason,
-                                  "shape": tuple(module.weight.shape)})
-        else:
-            targets.append(name)
-    if not targets:
-        raise ValueError("no linear layer to quantize: every nn.Linear was skipped (see the skip patterns and group_size)")
+    report = QuantReport(config, total_parameters=sum(p.numel() for p in model.parameters()))
+    targets = select_layers(model, config, filter_fn, report)
     if config.needs_calibration and calib is None:
         asking = [(f"smoothing={config.smoothing!r}", "smoothing='off'")] if config.smoothing != "off" else []
         asking += [(f"clip_grid={config.clip_grid}", "clip_grid=(1.0,)")] if len(config.clip_grid) > 1 else []
@@ -308,7 +373,8 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
     if audio_domain and (audio_fn is None or calib is None):
         raise ValueError(f"objective={config.objective!r} scores decoded audio: pass audio_fn= (model -> "
                          "waveforms, same prompts and noise each call) and calib=, or use objective='layer_mse'")
-    stats = record_inputs(model, targets, calib, config.calib_tokens, config.seed) if calib is not None else {}
+    use_calib = calib is not None and config.uses_calibration
+    stats = record_inputs(model, targets, calib, config.calib_tokens, config.seed) if use_calib else {}
     reference_audio, sr = audio_fn(model) if audio_domain else (None, None)
     modules = dict(model.named_modules())
     placed = []  # (parent, child name, device, report row, layers by rank, layer) of each quantized layer
@@ -316,7 +382,8 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
         linear = modules[name]
         if config.needs_calibration and name not in stats:
             report.layers.append({"name": name, "status": "skipped", "shape": tuple(linear.weight.shape),
-                                  "reason": "never called by the calibration run, so it has no statistics"})
+                                  "reason": "never called by the calibration run, so it has no statistics",
+                                  "pattern": None, "parameters": _parameters(linear)})
             continue
         parent_name, _, child = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
@@ -332,14 +399,16 @@ def _svdquant_transform(model: nn.Module, config: SVDQuantConfig, calib, filter_
 
         layer, row, variants = _quantize_layer(linear, stats.get(name), config, audio_score if audio_domain else None)
         layer.backend = config.backend
+        layer.quantization_config = config
         setattr(parent, child, layer.to(linear.weight.device))
-        report.layers.append({"name": name, "status": "quantized", "reason": "", "shape": tuple(linear.weight.shape), **row})
+        report.layers.append({"name": name, "status": "quantized", "reason": "", "pattern": None,
+                              "shape": tuple(linear.weight.shape), "parameters": _parameters(linear), **row})
         placed.append((parent, child, linear.weight.device, report.layers[-1], variants, layer))
     if config.rank_allocation == "knapsack" and placed:
         parents, children, devices, rows, variants, layers = zip(*placed)
         for parent, child, device, layer in zip(parents, children, devices, _allocate(rows, variants, layers)):
             layer.backend = config.backend
+            layer.quantization_config = config
             setattr(parent, child, layer.to(device))
     report.seconds = time.perf_counter() - start
-    model.svdquant_config = config  # read by save_quantized
     return report

@@ -11,6 +11,7 @@ candidates on).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -62,7 +63,7 @@ def record_inputs(model: nn.Module, names: Iterable[str], run: Callable[[nn.Modu
     """Run the calibration `run` on `model` with hooks on the named submodules; their InputStats.
 
     `run` is a callable taking the model, or an iterable of inputs (tensors are passed
-    positionally, dicts as keyword arguments).
+    positionally, any Mapping, such as a transformers BatchEncoding, as keyword arguments).
     """
     generator = torch.Generator().manual_seed(seed)
     modules = dict(model.named_modules())
@@ -77,7 +78,7 @@ def record_inputs(model: nn.Module, names: Iterable[str], run: Callable[[nn.Modu
             run(model)
         else:
             for batch in run:
-                model(**batch) if isinstance(batch, dict) else model(batch)
+                model(**batch) if isinstance(batch, Mapping) else model(batch)
     finally:
         for h in handles:
             h.remove()

@@ -1,24 +1,92 @@
-"""`SVDQuantConfig`: what `quantize_` does to a model, as a small validated, serialisable dataclass.
+"""Quantization configs: what `quantize_` does to a model, as small validated, serialisable dataclasses.
 
-The baselines the chapter compares are settings of the same config (see `PRESETS`):
-RTN (no smoothing, no low-rank branch), SmoothQuant (smoothing only), SVD (low-rank only), and
-SVDQuant (both). Weight-only quantization is `act_bits=None`.
+Every method is a config class with a registered handler (`api.register_quantize_module_handler`,
+torchao's pattern): `SVDQuantConfig` (smoothing + low-rank branch + 4/8-bit residual), its special
+cases `RTNConfig` (round to nearest: no smoothing, no branch) and `SmoothQuantConfig` (smoothing
+only), and `WeightOnlyConfig` (the weight-only baselines of other libraries: optimum-quanto,
+torchao). All share `QuantConfig`: a `version`, a `skip` list, JSON-safe `to_dict` / `from_dict`.
+`preset(method, ...)` gives the methods the chapter compares as `SVDQuantConfig` settings
+(weight-only quantization is `act_bits=None`).
+
+Skip patterns are matched against the *components* of a module's qualified name (split at "."),
+each as a shell glob (`fnmatch`, case-sensitive): "lm_heads" skips `decoder.lm_heads.0`, "norm*"
+skips `blocks.0.norm1.linear`, but "embed" does not skip `sentence_embedder.encoder.query`
+(only a component named exactly "embed" would). `skip_pattern(name, skip)` says which pattern hit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import ClassVar
 
 from .primitives import LOWRANK_BITS, SCALE_FORMATS
 
 # Linears SVDQuant leaves in full precision (DeepCompressor's skip lists): conditioning and
 # embedding projections, the first and last projections, adaLN/norm modulations; for language
-# models also the output heads. Matched as substrings of the module's qualified name.
+# models also the output heads. Globs over path components (see the module docstring).
 DEFAULT_SKIP = (
-    "proj_in", "proj_out", "timestep_proj", "global_proj", "cross_attention_proj", "time_embed",
-    "embed", "norm", "adaLN", "lm_head", "enc_to_dec_proj",
+    "proj_in", "proj_out", "timestep_proj", "global_proj", "cross_attention_proj", "time_embed*",
+    "embed", "embed_*", "*_embed", "*_embedding", "x_embedder", "context_embedder", "norm*", "*_norm",
+    "adaLN*", "lm_head", "lm_heads", "enc_to_dec_proj",
 )
+# The token models (MusicGen, MusicGen-lite) also keep their conditioning projections: the text
+# projection into the cross-attention memory and the audio-prompt projection.
+TOKEN_SKIP = DEFAULT_SKIP + ("text_proj", "prompt_proj")
+
+
+def skip_pattern(name: str, skip: tuple[str, ...]) -> str | None:
+    """The first pattern of `skip` matching a component of the qualified module `name`, or None."""
+    parts = name.split(".")
+    return next((s for s in skip if any(fnmatchcase(part, s) for part in parts)), None)
+
+
+class QuantConfig:
+    """Base of every quantization config: a dataclass with `version` and `skip` fields.
+
+    `to_dict()` is JSON-safe (tuples become lists, plus the class name under "type");
+    `QuantConfig.from_dict(d)` rebuilds the config of that type (`cls.from_dict` checks it is one).
+    """
+
+    _types: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        QuantConfig._types[cls.__name__] = cls
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True when `quantize_` cannot run without `calib=` (activation statistics)."""
+        return False
+
+    @property
+    def uses_calibration(self) -> bool:
+        """True when `quantize_` records activation statistics if `calib=` is given; otherwise the
+        calibration is never run."""
+        return self.needs_calibration
+
+    @property
+    def result_config(self) -> "QuantConfig":
+        """The config that describes the model after `quantize_` applied this one (stored as
+        `model.quantization_config`): itself, except for steps such as QAT's."""
+        return self
+
+    def to_dict(self) -> dict:
+        fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+        return {"type": type(self).__name__, **fields}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        d = dict(d)
+        kind = QuantConfig._types.get(d.pop("type", cls.__name__))
+        if kind is None or not issubclass(kind, cls) or kind is QuantConfig:
+            raise ValueError(f"config type {d.get('type')!r} is not a {cls.__name__}; known: {sorted(QuantConfig._types)}")
+        known = {f.name for f in dataclasses.fields(kind)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown {kind.__name__} fields {sorted(unknown)}; known: {sorted(known)}")
+        return kind(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 AUDIO_OBJECTIVES = ("stft_magnitude", "stft_complex")
 OBJECTIVES = ("layer_mse",) + AUDIO_OBJECTIVES
@@ -28,7 +96,7 @@ RANK_GRID = (0, 8, 16, 32, 64, 128)
 
 
 @dataclass
-class SVDQuantConfig:
+class SVDQuantConfig(QuantConfig):
     """Settings of SVDQuant-Audio (Li et al. 2025, arXiv:2411.05007, adapted to audio).
 
     weight_bits     4 or 8: residual weights, symmetric per group of `group_size` input channels.
@@ -68,7 +136,8 @@ class SVDQuantConfig:
                     GELU's is -0.17) are shifted to >= 0 and quantized unsigned; "off": never.
     calib_tokens    rows of each layer's input kept for the search (sampled across calls, so
                     across denoising steps).
-    skip            substrings of qualified module names left in full precision.
+    skip            globs over the components of qualified module names left in full precision
+                    (see the module docstring).
     backend         "auto" (Triton on CUDA when available, else the reference path), "reference",
                     "int8-cpu" (FBGEMM dynamic int8, W8A8 only), "triton" (W4A4 on CUDA).
     """
@@ -142,6 +211,12 @@ class SVDQuantConfig:
         return self.smoothing != "off" or len(self.clip_grid) > 1 or self.rank_allocation == "knapsack"
 
     @property
+    def uses_calibration(self) -> bool:
+        """Also quantized activations use statistics when given (`act_unsigned="auto"`: inputs bounded
+        below, as after GELU, get unsigned codes); weight-only RTN never runs `calib`."""
+        return self.needs_calibration or (self.act_bits is not None and self.act_unsigned == "auto")
+
+    @property
     def name(self) -> str:
         """Short label, e.g. 'W4A4 r32 smooth=search' (with ' clip=1/0.9/0.8' when clipping is searched,
         ' scales=fp8' and ' branch=int8' for the compact storage, ' ranks=knapsack' for a rank per layer,
@@ -156,16 +231,69 @@ class SVDQuantConfig:
             ranks = f" ranks={self.rank_allocation}{grid}"
         return f"W{self.weight_bits}A{a} r{self.rank}{ranks} smooth={self.smoothing}{clip}{scales}{branch}"
 
-    def to_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class RTNConfig(SVDQuantConfig):
+    """Round to nearest: `SVDQuantConfig` without smoothing and without a low-rank branch."""
+
+    rank: int = 0
+    smoothing: str | float = "off"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rank or self.smoothing != "off" or self.rank_allocation != "uniform":
+            raise ValueError("RTNConfig has no smoothing and no low-rank branch: use SVDQuantConfig for those")
+
+
+@dataclass
+class SmoothQuantConfig(SVDQuantConfig):
+    """SmoothQuant (Xiao et al. 2023): per-channel smoothing, no low-rank branch (`smoothing` an
+    alpha or "search")."""
+
+    rank: int = 0
+    smoothing: str | float = "search"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.rank or self.smoothing == "off" or self.rank_allocation != "uniform":
+            raise ValueError("SmoothQuantConfig smooths and has no low-rank branch: use RTNConfig or SVDQuantConfig")
+
+
+EXTERNAL_METHODS = ("torchao-w8", "quanto-w8", "quanto-w4")
+
+
+@dataclass
+class WeightOnlyConfig(QuantConfig):
+    """A weight-only quantizer from another library, applied to the layers `SVDQuantConfig` would
+    quantize (same `skip`): library "quanto" (optimum-quanto qint4/qint8) or "torchao"
+    (`Int8WeightOnlyConfig`; torchao's int4 path needs GPU kernels). Activations stay floating point.
+    `WeightOnlyConfig.from_method("quanto-w4")` reads the method names of `EXTERNAL_METHODS`."""
+
+    library: str = "quanto"
+    weight_bits: int = 4
+    skip: tuple[str, ...] = DEFAULT_SKIP
+    version: int = 1
+
+    def __post_init__(self):
+        if self.method not in EXTERNAL_METHODS:
+            raise ValueError(f"library={self.library!r}, weight_bits={self.weight_bits}: use one of {EXTERNAL_METHODS}")
+        self.skip = tuple(self.skip)
+
+    @property
+    def method(self) -> str:
+        return f"{self.library}-w{self.weight_bits}"
+
+    @property
+    def name(self) -> str:
+        return self.method
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SVDQuantConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown SVDQuantConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+    def from_method(cls, method: str, **overrides) -> "WeightOnlyConfig":
+        if method not in EXTERNAL_METHODS:
+            raise ValueError(f"unknown external method {method!r}: use one of {EXTERNAL_METHODS}")
+        library, bits = method.split("-w")
+        return cls(library=library, weight_bits=int(bits), **overrides)
 
 
 def preset(method: str, weight_bits: int = 4, act_bits: int | None = 4, **overrides) -> SVDQuantConfig:

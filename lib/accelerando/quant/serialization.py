@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..checkpoint import load_checked
+from .api import quantization_config_of
 from .config import SVDQuantConfig
 from .linear import SVDQuantLinear
 
@@ -47,11 +48,14 @@ def _layer_settings(layer: SVDQuantLinear) -> dict:
 
 
 def save_quantized(model: nn.Module, directory: str | Path) -> Path:
-    """Write a model patched by `quantize_` to `directory`; returns the directory."""
-    config = getattr(model, "svdquant_config", None)
+    """Write a model patched by `quantize_` (or any module inside one) to `directory`; returns the directory."""
+    config = quantization_config_of(model)
     layers = {n: _layer_settings(m) for n, m in model.named_modules() if isinstance(m, SVDQuantLinear)}
-    if config is None or not layers:
+    if not layers:
         raise ValueError("this model has no SVDQuantLinear layers: run quantize_(model, SVDQuantConfig(...)) first")
+    if not isinstance(config, SVDQuantConfig):
+        raise ValueError(f"its SVDQuantLinear layers carry no SVDQuantConfig (found {type(config).__name__}): "
+                         "quantize with quantize_(model, SVDQuantConfig(...)), or load_quantized, before saving")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -91,5 +95,8 @@ def load_quantized(model: nn.Module, directory: str | Path, backend: str | None 
         parent, _, child = name.rpartition(".")
         setattr(modules[parent] if parent else model, child, layer.to(old.weight.device))
     load_checked(model, directory / WEIGHTS_FILE, fix="Re-run quantize_ and save_quantized.")
-    model.svdquant_config = config
+    model.quantization_config = config
+    for module in model.modules():
+        if isinstance(module, SVDQuantLinear):
+            module.quantization_config = config
     return model

@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
-from ..models.text_encoder import check_prompts
+from ..attention import KeyValueCache
+from ..models.stable_audio_conditioning import check_prompts_fit, check_seconds, pipeline_conditioning, rotary
 from .decoder import CachedDecoder
-from .dit import KVCacheAttention, dit_forward
+from .dit import dit_forward
 
 MODES = ("sparse", "dense")
 
@@ -102,12 +102,8 @@ class EditSession:
         """Text to audio as `StableAudioPipeline.__call__` makes it, keeping what edits reuse.
 
         Returns audio [batch, channels, int(seconds x sample_rate)] float32."""
-        prompts = self._check_prompts(prompt)
-        limit = min(self.pipe.transformer.config.sample_size * self.frame_seconds,
-                    float(self.pipe.projection_model.config.max_value))
-        if not 0 < seconds <= limit:
-            raise ValueError(f"seconds={seconds}: this model generates up to {limit:.2f} s; ask for 0 < seconds <= {limit:.2f}")
-        self.seconds = float(seconds)
+        prompts = check_prompts_fit(self.pipe, prompt)
+        self.seconds = check_seconds(self.pipe, seconds)
         self._fingerprint = self._pipeline_fingerprint()
         self.takes = []
         generator = torch.Generator("cpu").manual_seed(int(seed))
@@ -152,7 +148,7 @@ class EditSession:
             raise RuntimeError("the pipeline's models or configs changed since this track was generated; its cached "
                                "trajectory no longer belongs to them: call generate() again")
         region = self.frames_of(start_s, end_s)
-        prompts = self._check_prompts(take.prompts if prompt is None else prompt)
+        prompts = check_prompts_fit(self.pipe, take.prompts if prompt is None else prompt)
         if len(prompts) != len(take.prompts):
             raise ValueError(f"{len(prompts)} prompts for a batch of {len(take.prompts)} tracks: give one per track")
         seed = take.seed + len(self.takes) if seed is None else int(seed)
@@ -210,17 +206,23 @@ class EditSession:
     def _denoise(self, x, cond, generator, *, begin, region, mode, margin, refresh_every, record_kv, base=None,
                  correct=False):
         """Steps begin..steps-1 from latents x; returns (trajectory from step `begin`, K/V record)."""
+        # Adapted from diffusers.pipelines.stable_audio.pipeline_stable_audio.StableAudioPipeline.__call__
+        # (diffusers 0.42.1), its denoising loop (step 7): that loop starts at step 0 and calls the
+        # transformer on every frame, and its only hook, `callback(step, t, latents)`, runs after the
+        # scheduler step with no say over the transformer's call; an edit starts at step `begin`
+        # (SDEdit), runs some steps on the active frames only, and resets the frames outside the
+        # region after each step (RePaint). The scheduler calls, CFG and rotary table are the pipeline's.
         pipe, tr = self.pipe, self.pipe.transformer
         sched = pipe.scheduler
         sched.set_timesteps(self.steps, device=x.device)
         sched.set_begin_index(begin)
         extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
         frames = x.shape[-1]
-        rotary = get_1d_rotary_pos_embed(pipe.rotary_embed_dim, frames + 1, use_real=True, repeat_interleave_real=False)
+        rotary_table = rotary(pipe, frames)
         active = None
         if region is not None:
             active = torch.arange(max(region[0] - margin, 0), min(region[1] + margin, frames))
-        cache = KVCacheAttention.install(tr)
+        cache = KeyValueCache.install(tr)
         # steps before `begin` are the base take's, and so are their keys/values
         trajectory, record = [x.clone()], (list(base.kv[:begin]) if base is not None else [None] * begin) if record_kv else None
         delta = None  # per layer: last dense pass's keys/values minus the record's at its step
@@ -234,7 +236,7 @@ class EditSession:
                 dense = mode == "dense" or (refresh_every > 0 and (i - begin) % refresh_every == 0)
                 start = time.perf_counter()
                 if dense:
-                    out = dit_forward(tr, cache, inp, t.unsqueeze(0), cond["enc"], cond["glob"], rotary)
+                    out = dit_forward(tr, cache, inp, t.unsqueeze(0), cond["enc"], cond["glob"], rotary_table)
                     if correct and mode == "sparse":
                         keys, values = self._recorded(base, i)
                         delta = ([k - r for k, r in zip(cache.keys, keys)], [v - r for v, r in zip(cache.values, values)])
@@ -246,7 +248,7 @@ class EditSession:
                         cache.load(([r + d for r, d in zip(keys, delta[0])], [r + d for r, d in zip(values, delta[1])]))
                     out = torch.zeros_like(inp)
                     out[..., active] = dit_forward(tr, cache, inp, t.unsqueeze(0), cond["enc"], cond["glob"],
-                                                   rotary, frames=active)
+                                                   rotary_table, frames=active)
                 kind = "dense" if dense else "sparse"
                 times[f"{kind}_steps"] += 1
                 times[f"{kind}_s"] += time.perf_counter() - start
@@ -264,7 +266,7 @@ class EditSession:
                     x = torch.cat([held[..., :region[0]], x[..., region[0]:region[1]], held[..., region[1]:]], dim=-1)
                 trajectory.append(x.clone())
         finally:
-            KVCacheAttention.uninstall(tr)
+            cache.remove(tr)
         self.last_edit = times | {"active_frames": None if active is None else len(active)}
         return trajectory, record
 
@@ -291,23 +293,10 @@ class EditSession:
         self.pipe.scheduler.set_timesteps(self.steps)
         return float(self.pipe.scheduler.init_noise_sigma)
 
-    def _check_prompts(self, prompt) -> list[str]:
-        prompts = check_prompts(prompt)
-        lengths = [len(ids) for ids in self.pipe.tokenizer(prompts, verbose=False)["input_ids"]]
-        return check_prompts(prompts, self.pipe.tokenizer.model_max_length, lengths)
-
     def _conditioning(self, prompts: list[str]) -> dict:
         """Cross-attention and global states exactly as `StableAudioPipeline.__call__` builds them
         (negative = zeros, first in the CFG batch)."""
-        pipe = self.pipe
-        device = pipe._execution_device
-        embeds = pipe.encode_prompt(prompts, device, self._cfg)
-        start, end = pipe.encode_duration(0.0, self.seconds, device, False, len(prompts))
-        enc = torch.cat([embeds, start, end], dim=1)
-        glob = torch.cat([start, end], dim=2)
-        if self._cfg:
-            enc = torch.cat([torch.zeros_like(enc), enc])
-            glob = torch.cat([glob, glob])
+        enc, glob = pipeline_conditioning(self.pipe, prompts, self.seconds, self._cfg)
         return {"enc": enc, "glob": glob}
 
     def _pipeline_fingerprint(self) -> str:

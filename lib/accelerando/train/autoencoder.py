@@ -42,17 +42,15 @@ clock (or `max_steps`) and writes, into `out`: autoencoder_lite.safetensors (fp1
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import config_from_argv, warmup_cosine
+from . import TrainingTask, config_from_argv, resolve_threads, run_training, settings_dict
 from ..models.autoencoder_lite import (
     AUTOENCODER_LITE_CONFIG,
     AUTOENCODER_TINY_CONFIG,
@@ -72,7 +70,7 @@ MODEL_CONFIGS = {"lite": AUTOENCODER_LITE_CONFIG, "lite-hop1024": AUTOENCODER_LI
 
 
 @dataclass
-class TrainConfig:
+class AutoencoderTrainingConfig:
     corpus: str = "full"  # accelerando.data preset, rendered at model_config's sampling_rate
     out: str = "checkpoints/autoencoder_lite"
     model: str = "lite"  # a key of MODEL_CONFIGS: "lite" (the book's), "lite-hop1024" (the earlier one), "tiny" (tests)
@@ -97,7 +95,10 @@ class TrainConfig:
     val_seconds: float = 4.0  # ... from their start, rounded down to a multiple of the hop
     min_rms: float = 1e-3  # crops quieter than this are redrawn (up to 10 times)
     seed: int = 0
-    threads: int | None = None  # torch threads; None keeps torch's default (the core count)
+    threads: int | None = None  # torch threads; None: every core
+    precision: str | None = None  # "bf16" (autocast, fp32 master weights) or "fp32"; None: bf16 where the CPU has AMX
+    steps_this_run: int | None = None  # stop this run after so many steps (resume state kept); None: its budget
+    resume: bool = True  # continue from <out>/resume_state.pt when a stopped run left one
     log_every: int = 10
 
     def __post_init__(self):
@@ -242,10 +243,10 @@ def bake_balanced_upsamplers(vae) -> None:
         conv.weight_g.copy_(weight.norm(dim=(1, 2), keepdim=True))
 
 
-def loss_terms(vae, x: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+def loss_terms(vae, x: torch.Tensor, cfg: AutoencoderTrainingConfig) -> dict[str, torch.Tensor]:
     """Encode, sample the posterior, decode; the loss and its terms."""
     posterior = vae.encode(x).latent_dist
-    x_hat = vae.decode(posterior.sample()).sample  # [B, 1, samples]
+    x_hat = vae.decode(posterior.sample()).sample.float()  # [B, 1, samples]; fp32 spectra under bf16 autocast
     recon = mel_loss(x, x_hat, vae.config.sampling_rate) if cfg.recon_loss == "mel" else mrstft_loss(x, x_hat, cfg.stft_windows)
     terms = {
         "stft": recon,
@@ -290,14 +291,13 @@ def val_line(v: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, corpus=None, command: str | None = None) -> dict:
+def train(cfg: AutoencoderTrainingConfig, corpus=None, command: str | None = None) -> dict:
     """Run the training described by `cfg`; returns the log (also written to cfg.out).
     `corpus` overrides cfg.corpus (its clips must be at the model's sampling rate); `command` is
     recorded in the log (the command line passes its own)."""
     from ..data import build_corpus, preset
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(resolve_threads(cfg.threads))
     model_config = MODEL_CONFIGS[cfg.model]
     sr, hop = model_config["sampling_rate"], hop_length(model_config)
     if cfg.crop_samples % hop:
@@ -322,87 +322,47 @@ def train(cfg: TrainConfig, corpus=None, command: str | None = None) -> dict:
         balance_upsamplers(vae)
     n_params = sum(p.numel() for p in vae.parameters())
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    # Linear warm-up, then cosine decay to 10% over the expected number of steps (re-estimated
-    # from the measured speed, since the budget is wall clock).
-    expected_steps = cfg.max_steps or 10**9
+
+    def batches(rng: np.random.Generator):
+        yield random_crops(train_clips, cfg.batch_size, cfg.crop_samples, rng, cfg.min_rms)
+
+    def loss(model, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        terms = loss_terms(model, x, cfg)
+        return terms.pop("loss"), terms  # the terms ("stft", "l1", "kl", ...) go into the step's log
 
     log = {
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "settings": settings_dict(cfg),
         "command": command,
         "model_config": model_config,
         "params": n_params,
         "corpus": {"path": str(corpus.path), "key": corpus.key, "train_clips": len(train_clips), "val_samples": val_len},
-        "steps": [],
-        "val": [],
     }
     print(f"autoencoder-lite: {n_params / 1e6:.2f} M params, {len(train_clips)} train clips, val {val_audio.shape}")
-    log["val"].append({"step": 0, "seconds": 0.0, **validate(vae, val_audio, sr)})
-    print(f"step 0: val {val_line(log['val'][-1])}")
+    task = TrainingTask(model=vae, optimizer=opt, batches=batches, loss=loss,
+                        validate=lambda model: validate(model, val_audio, sr))
+    vae, finished = run_training(cfg, task, rng, log, lambda *a: print(*a, flush=True), command)
 
-    start, step, budget = time.perf_counter(), 0, cfg.minutes * 60
-    train_seconds = 0.0  # time in training steps only (validation excluded): the throughput
-    while step < expected_steps:
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget:
-            break
-        if step >= cfg.warmup_steps and cfg.max_steps is None and train_seconds > 0:
-            # steps that still fit in the budget, at the speed so far
-            expected_steps = step + max(1, int((budget - elapsed) / (train_seconds / step)))
-        progress = (step - cfg.warmup_steps) / max(1, expected_steps - cfg.warmup_steps)
-        lr = warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress, floor=0.1)
-        for group in opt.param_groups:
-            group["lr"] = lr
-
-        t0 = time.perf_counter()
-        x = random_crops(train_clips, cfg.batch_size, cfg.crop_samples, rng, cfg.min_rms)
-        terms = loss_terms(vae, x, cfg)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
-        opt.step()
-        train_seconds += time.perf_counter() - t0
-        step += 1
-
-        row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), **{k: v.item() for k, v in terms.items()}}
-        log["steps"].append(row)
-        if step % cfg.log_every == 0:
-            recent = log["steps"][-cfg.log_every :]
-            mean = {k: np.mean([r[k] for r in recent]) for k in ("loss", "stft", "l1", "kl")}
-            print(
-                f"step {step}: loss {mean['loss']:.4f} (stft {mean['stft']:.4f} l1 {mean['l1']:.4f} "
-                f"kl {mean['kl']:.1f}) lr {lr:.2e} {step / train_seconds:.3f} steps/s",
-                flush=True,
-            )
-        if step % cfg.val_every == 0:
-            log["val"].append({"step": step, "seconds": time.perf_counter() - start, **validate(vae, val_audio, sr)})
-            print(f"step {step}: val {val_line(log['val'][-1])}")
-
-    if log["val"][-1]["step"] != step:
-        log["val"].append({"step": step, "seconds": time.perf_counter() - start, **validate(vae, val_audio, sr)})
-    final = log["val"][-1]
-    log["throughput"] = {
-        "steps": step,
-        "train_seconds": train_seconds,
-        "wall_seconds": time.perf_counter() - start,
-        "steps_per_second": step / max(train_seconds, 1e-9),
-        "audio_seconds_per_step": cfg.batch_size * cfg.crop_samples / sr,
-    }
+    throughput = log["throughput"]
+    throughput.update(steps_per_second=throughput["steps"] / max(throughput["train_seconds"], 1e-9),
+                      audio_seconds_per_step=cfg.batch_size * cfg.crop_samples / sr)
     out = Path(cfg.out)
-    if cfg.balanced_upsamplers:
-        bake_balanced_upsamplers(vae)
-    save_autoencoder_lite(
-        vae, out, extra={"trained": {"steps": step, "val_mrstft": final["mrstft"], "val_si_sdr": final["si_sdr"]}}
-    )
+    if finished:
+        final = log["val"][-1]
+        if cfg.balanced_upsamplers:
+            bake_balanced_upsamplers(vae)
+        save_autoencoder_lite(vae, out, extra={"trained": {"steps": throughput["steps"], "val_mrstft": final["mrstft"],
+                                                            "val_si_sdr": final["si_sdr"]}})
+        print(f"done: {throughput['steps']} steps in {throughput['train_seconds']:.0f} s of training "
+              f"({throughput['steps_per_second']:.3f} steps/s), val {val_line(final)} -> {out}")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
-    print(
-        f"done: {step} steps in {train_seconds:.0f} s of training ({log['throughput']['steps_per_second']:.3f} steps/s), "
-        f"val {val_line(final)} -> {out}"
-    )
     return log
 
 
+
+
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_argv(TrainConfig, argv, __doc__.split("\n\n")[0])
+    cfg = config_from_argv(AutoencoderTrainingConfig, argv, __doc__.split("\n\n")[0])
     return train(cfg, command=" ".join(["python -m accelerando.train.autoencoder", *(sys.argv[1:] if argv is None else argv)]))
 
 

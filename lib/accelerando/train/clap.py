@@ -54,7 +54,7 @@ from ..models.clap_lite import CLAPLite, clap_lite_config, contrastive_loss
 
 
 @dataclass
-class TrainConfig:
+class CLAPTrainingConfig:
     corpus: str = "full"  # accelerando.data preset, built at the model's sample rate
     model: str = "small"  # CLAP-Lite preset (models.clap_lite.PRESETS)
     out: str = "checkpoints/clap_lite"
@@ -80,15 +80,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.final_splits, self.ks = tuple(self.final_splits), tuple(self.ks)
         if self.minutes <= 0 and self.max_steps is None:
-            raise ValueError("TrainConfig: give a positive `minutes` budget or `max_steps`")
+            raise ValueError("CLAPTrainingConfig: give a positive `minutes` budget or `max_steps`")
         if self.batch_size < 2:
-            raise ValueError(f"TrainConfig: batch_size={self.batch_size}: contrastive training needs >= 2 pairs")
+            raise ValueError(f"CLAPTrainingConfig: batch_size={self.batch_size}: contrastive training needs >= 2 pairs")
         if self.crop_seconds <= 0:
-            raise ValueError(f"TrainConfig: crop_seconds={self.crop_seconds} must be positive")
+            raise ValueError(f"CLAPTrainingConfig: crop_seconds={self.crop_seconds} must be positive")
         if not (0 <= self.shift_prob <= 1 and 0 <= self.original_caption_prob <= 1):
-            raise ValueError("TrainConfig: shift_prob and original_caption_prob are probabilities in [0, 1]")
+            raise ValueError("CLAPTrainingConfig: shift_prob and original_caption_prob are probabilities in [0, 1]")
         if not 0 <= self.max_shift <= 6:
-            raise ValueError(f"TrainConfig: max_shift={self.max_shift}: use 0..6 semitones")
+            raise ValueError(f"CLAPTrainingConfig: max_shift={self.max_shift}: use 0..6 semitones")
 
 
 # Zero-shot tasks: tempo bands (BPM) and the prompt for each; the corpus's tempi run ~45-130 BPM.
@@ -286,7 +286,7 @@ def evaluate(model: CLAPLite, clips: list, wavs: list[torch.Tensor], text: torch
 # -- training ---------------------------------------------------------------------------------------
 
 
-def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+def lr_at(cfg: CLAPTrainingConfig, step: int, progress: float) -> float:
     """Linear warm-up over `warmup_steps`, then cosine to 0 as `progress` (0..1) runs out."""
     return warmup_cosine(cfg.lr, step, cfg.warmup_steps, progress)
 
@@ -304,7 +304,7 @@ def evaluate_split(model: CLAPLite, corpus, split: str = "test", ks: tuple[int, 
     return evaluate(model, clips, wavs, text, sr, ks, all_keys, all_families)
 
 
-def train(cfg: TrainConfig, corpus=None, log_fn=print, command: str | None = None) -> tuple[CLAPLite, dict]:
+def train(cfg: CLAPTrainingConfig, corpus=None, log_fn=print, command: str | None = None) -> tuple[CLAPLite, dict]:
     """Train, evaluate, save. Returns the model (eval mode, fp32) and the training log;
     `command` is recorded in the log (the command line passes its own)."""
     from ..data import build_corpus, preset
@@ -420,9 +420,11 @@ def train(cfg: TrainConfig, corpus=None, log_fn=print, command: str | None = Non
     return model, log
 
 
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainConfig()
+    defaults = CLAPTrainingConfig()
     p.add_argument("--corpus", default=defaults.corpus, help="accelerando.data preset (small, full, tiny)")
     p.add_argument("--model", default=defaults.model, help="CLAP-Lite preset (small, tiny)")
     p.add_argument("--minutes", type=float, default=defaults.minutes, help="wall-time budget, evaluation included")
@@ -440,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-shift", type=int, default=defaults.max_shift, help="semitones")
     args = p.parse_args(argv)
     command = " ".join(["python -m accelerando.train.clap", *(sys.argv[1:] if argv is None else argv)])
-    train(TrainConfig(**{k: v for k, v in vars(args).items()}), log_fn=lambda *a: print(*a, flush=True), command=command)
+    train(CLAPTrainingConfig(**{k: v for k, v in vars(args).items()}), log_fn=lambda *a: print(*a, flush=True), command=command)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from . import config_from_argv
+from ..checkpoint import file_sha256
+from ..data.latents import split_latents as split_cached_latents
 
 
 @dataclass
@@ -41,23 +43,18 @@ class CodecConfig:
 def split_latents(vae, vae_path, corpus, split: str, n: int, seed: int = 0) -> tuple[list, torch.Tensor]:
     """`n` clips of a corpus split (a seeded random choice, in corpus order; all of them if n is
     larger) and their autoencoder latents [n, 64, frames], cached in .cache/latents so that the
-    codec fit and MusicGen-Lite's training encode each clip once."""
+    codec fit, MusicGen-Lite's training and QAT encode each clip once: `data.latents.split_latents`
+    for the autoencoder checkpoint at `vae_path`, whose weights' SHA-256 keys the cache."""
     from ..models.autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS
-    from ..checkpoint import file_sha256
-    from .dit import cached_latents
 
-    pool = corpus.filter(split=split)
-    if not pool:
-        raise ValueError(f"corpus {corpus.path} has no {split!r} clips (it has {corpus.splits})")
-    pick = sorted(np.random.default_rng(seed).permutation(len(pool))[:n])
-    clips = [pool[i] for i in pick]
-    return clips, cached_latents(vae, file_sha256(Path(vae_path) / VAE_WEIGHTS), corpus, clips, split)
+    return split_cached_latents(vae, file_sha256(Path(vae_path) / VAE_WEIGHTS), corpus, split, n, seed)
 
 
 def fit(cfg: CodecConfig) -> dict:
     from ..data import Corpus, build_corpus, preset
     from ..models.autoencoder_lite import load_autoencoder_lite
-    from ..models.codec_lite import LatentCodec, ResidualVQ, codec_reconstruction, save_codec_lite
+    from ..metrics.codec import codec_reconstruction
+    from ..models.codec_lite import LatentCodec, ResidualVQ, save_codec_lite
     from .autoencoder import load_clips
 
     if cfg.threads:

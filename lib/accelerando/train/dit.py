@@ -20,14 +20,14 @@ Recipe, after Stable Audio Open (Evans et al. 2024, arXiv:2407.14358, section 3)
 
 Writes into `out`: stable_audio_lite.safetensors (fp16 EMA weights of transformer and projection),
 config.json (architecture, sigma_data, the autoencoder's SHA-256) and train_log.json (settings,
-command, per-step loss, validation losses of the raw and EMA weights).
+command, per-step loss, validation losses of the raw and EMA weights, every run's command and
+steps). The loop is `accelerando.train.run_training`: bf16 autocast where the CPU has AMX, and a
+run stopped before `max_steps` continues where it stopped when run again.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -39,28 +39,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import config_from_argv, warmup_cosine
+from . import TrainingTask, config_from_argv, resolve_threads, run_training, settings_dict
 from ..checkpoint import file_sha256
-from ..machine import REPO_ROOT
+from ..data.latents import cached_latents, make_batch
 from ..models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, WEIGHTS_FILE as VAE_WEIGHTS_FILE
 from ..models.autoencoder_lite import build_autoencoder_lite, load_autoencoder_lite
-from ..models.latent_grouping import latent_frame_group
 from ..models.stable_audio_lite import (
     DIT_CHECKPOINT,
     DIT_LITE_CONFIG,
     DIT_TINY_CONFIG,
     VAE_CHECKPOINT,
     build_stable_audio_lite,
-    conditioning,
     diffusion_target,
-    rotary,
     save_stable_audio_lite,
-    text_states,
 )
+from ..models.stable_audio_conditioning import conditioning, rotary, text_states
 
 
 @dataclass
-class TrainConfig:
+class DiTTrainingConfig:
     corpus: str = "full"  # accelerando.data preset, rendered at the autoencoder's sample rate
     autoencoder: str = str(VAE_CHECKPOINT)  # the trained Lite autoencoder (model "tiny" ignores it: random tiny one)
     out: str = str(DIT_CHECKPOINT)
@@ -81,62 +78,15 @@ class TrainConfig:
     min_crop_seconds: float = 2.0
     val_every: int = 200
     seed: int = 0
-    threads: int = 1  # torch threads of the training loop
+    threads: int | None = None  # torch threads of the training loop; None: every core
     encode_threads: int = 2  # ... of the one-off latent encoding (cached), which is the longer part on CPU
+    precision: str | None = None  # "bf16" (autocast, fp32 master weights) or "fp32"; None: bf16 where the CPU has AMX
+    steps_this_run: int | None = None  # stop this run after so many steps (resume state kept); None: its budget
+    resume: bool = True  # continue from <out>/resume_state.pt when a stopped run left one
     log_every: int = 20
 
 
 # -- data ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def encode_latents(vae, clips: list, chunk: int = 4) -> torch.Tensor:
-    """Posterior-mean latents [N, C, frames] of corpus clips (mono, at the autoencoder's rate)."""
-    hop = vae.hop_length
-    out = []
-    for i in range(0, len(clips), chunk):
-        audio = [c.load() for c in clips[i : i + chunk]]
-        audio = [a.mean(axis=1) if a.ndim == 2 else a for a in audio]
-        n = min(len(a) for a in audio) // hop * hop
-        wav = torch.from_numpy(np.stack([a[:n] for a in audio])).float()[:, None, :]
-        out.append(vae.encode(wav).latent_dist.mode())
-    frames = min(z.shape[-1] for z in out)
-    return torch.cat([z[..., :frames] for z in out])
-
-
-def cached_latents(vae, vae_sha: str, corpus, clips: list, name: str) -> torch.Tensor:
-    """`encode_latents`, cached per (corpus, autoencoder weights and latent layout, clip list) in
-    .cache/latents: the same weights grouped otherwise give other latents."""
-    ids = ",".join(c.id for c in clips)
-    layout = f"g{latent_frame_group(vae)}"
-    key = hashlib.sha256(f"{corpus.key}|{vae_sha}|{layout}|{ids}".encode()).hexdigest()[:16]
-    path = REPO_ROOT / ".cache" / "latents" / f"{name}-{key}.pt"
-    if path.is_file():
-        return torch.load(path)
-    latents = encode_latents(vae, clips)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(latents, path.with_suffix(".partial"))
-    path.with_suffix(".partial").rename(path)
-    return latents
-
-
-def make_batch(latents: torch.Tensor, silence: torch.Tensor, idx: np.ndarray, cfg: TrainConfig,
-               frames_per_second: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clean latents [B, C, F] and seconds_start / seconds_end [B] of clips `idx`, each with
-    probability crop_prob cut to a random window placed at the start and padded with silence."""
-    frames = latents.shape[-1]
-    x0 = latents[idx].clone()
-    start = torch.zeros(len(idx))
-    end = torch.full((len(idx),), frames / frames_per_second)
-    min_frames = max(1, min(frames, round(cfg.min_crop_seconds * frames_per_second)))
-    for row, i in enumerate(idx):
-        if rng.random() < cfg.crop_prob:
-            length = int(rng.integers(min_frames, frames + 1))
-            offset = int(rng.integers(0, frames - length + 1))
-            x0[row] = silence[:, None]
-            x0[row, :, :length] = latents[i, :, offset : offset + length]
-            start[row], end[row] = offset / frames_per_second, (offset + length) / frames_per_second
-    return x0, start, end
 
 
 def sample_sigmas(n: int, sigma_data: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -160,12 +110,12 @@ def diffusion_loss(pipe, x0, noise, sigma, states, mask, start, end, drop, sigma
 # -- loop ---------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, corpus=None, log_fn=print, command: str | None = None) -> dict:
+def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None = None) -> dict:
     """Run the training described by `cfg`; returns the log (also written to cfg.out).
     `corpus` overrides cfg.corpus; `command` is recorded in the log (the CLI passes its own)."""
     from ..data import build_corpus, preset
 
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(resolve_threads(cfg.threads))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t_start = time.perf_counter()
@@ -200,7 +150,7 @@ def train(cfg: TrainConfig, corpus=None, log_fn=print, command: str | None = Non
     torch.set_num_threads(cfg.encode_threads)
     lat_train = cached_latents(vae, vae_sha, corpus, train_clips, "train")
     lat_val = cached_latents(vae, vae_sha, corpus, val_clips, "val")
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(resolve_threads(cfg.threads))
     encode_seconds = time.perf_counter() - t0
     frames = dit_config["sample_size"]
     if lat_train.shape[-1] < frames:
@@ -218,8 +168,7 @@ def train(cfg: TrainConfig, corpus=None, log_fn=print, command: str | None = Non
     states_val, mask_val = text_states(pipe, [c.caption for c in val_clips])
     text_seconds = time.perf_counter() - t0
 
-    parts = nn.ModuleDict({"transformer": pipe.transformer, "projection_model": pipe.projection_model}).train()
-    ema = copy.deepcopy(parts).eval().requires_grad_(False)
+    parts = nn.ModuleDict({"transformer": pipe.transformer, "projection_model": pipe.projection_model})
     n_params = sum(p.numel() for p in parts.parameters())
     decay, no_decay = [], []
     for name, p in parts.named_parameters():
@@ -235,19 +184,35 @@ def train(cfg: TrainConfig, corpus=None, log_fn=print, command: str | None = Non
     val_noise = torch.randn(lat_val.shape, generator=g)
     val_start, val_end = torch.zeros(n_val), torch.full((n_val,), frames * hop / sr)
 
+    def pipe_with(module: nn.ModuleDict):
+        view = copy.copy(pipe)  # same pipeline, other weights (the EMA's)
+        view.transformer, view.projection_model = module["transformer"], module["projection_model"]
+        return view
+
     @torch.no_grad()
     def validate(module: nn.ModuleDict) -> float:
-        view = copy.copy(pipe)  # same pipeline, other weights
-        view.transformer, view.projection_model = module["transformer"], module["projection_model"]
         was = module.training
         module.eval()
-        loss = diffusion_loss(view, lat_val, val_noise, val_sigma, states_val, mask_val, val_start, val_end,
+        loss = diffusion_loss(pipe_with(module), lat_val, val_noise, val_sigma, states_val, mask_val, val_start, val_end,
                               None, sigma_data).item()
         module.train(was)
         return loss
 
+    fps = sr / hop
+
+    def batches(rng: np.random.Generator):
+        idx = rng.integers(len(lat_train), size=cfg.batch_size)
+        x0, sec_start, sec_end = make_batch(lat_train, silence, idx, cfg, fps, rng)
+        noise = torch.randn_like(x0)
+        sigma = sample_sigmas(cfg.batch_size, sigma_data)
+        drop = torch.rand(cfg.batch_size) < cfg.cfg_dropout
+        yield x0, noise, sigma, states_train[idx], mask_train[idx], sec_start, sec_end, drop
+
+    def loss(module: nn.ModuleDict, batch) -> tuple[torch.Tensor, dict]:
+        return diffusion_loss(pipe_with(module), *batch, sigma_data), {}
+
     log = {
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "settings": settings_dict(cfg),
         "command": command,
         "dit_config": dit_config,
         "params": n_params,
@@ -255,70 +220,32 @@ def train(cfg: TrainConfig, corpus=None, log_fn=print, command: str | None = Non
         "corpus": {"path": str(corpus.path), "key": corpus.key, "train_clips": len(train_clips), "val_clips": n_val},
         "autoencoder": {"path": str(vae_path), "sha256": vae_sha},
         "prep_seconds": {"encode_latents": encode_seconds, "text": text_seconds},
-        "steps": [],
-        "val": [],
     }
     log_fn(f"stable-audio-lite DiT: {n_params / 1e6:.2f} M params, {len(train_clips)} clips x {frames} frames, "
            f"sigma_data {sigma_data:.3f}; latents {encode_seconds:.0f} s, text {text_seconds:.0f} s")
-    first = validate(parts)
-    log["val"].append({"step": 0, "seconds": 0.0, "raw": first, "ema": first})
-    log_fn(f"step 0: val loss {first:.4f}")
+    task = TrainingTask(model=parts, optimizer=opt, batches=batches, loss=loss, validate=validate)
+    ema, finished = run_training(cfg, task, rng, log, log_fn, command)
 
-    fps = sr / hop
-    start, step, budget = time.perf_counter(), 0, cfg.minutes * 60
-    train_seconds, expected = 0.0, cfg.max_steps or 10**9
-    while step < expected:
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget:
-            break
-        if cfg.max_steps is None and step >= 10:
-            expected = step + max(1, int((budget - elapsed) / (train_seconds / step)))
-        lr = warmup_cosine(cfg.lr, step, cfg.warmup_steps, (step - cfg.warmup_steps) / max(1, expected - cfg.warmup_steps), floor=0.1)
-        for group in opt.param_groups:
-            group["lr"] = lr
-
-        t0 = time.perf_counter()
-        idx = rng.integers(len(lat_train), size=cfg.batch_size)
-        x0, sec_start, sec_end = make_batch(lat_train, silence, idx, cfg, fps, rng)
-        noise = torch.randn_like(x0)
-        sigma = sample_sigmas(cfg.batch_size, sigma_data)
-        drop = torch.rand(cfg.batch_size) < cfg.cfg_dropout
-        loss = diffusion_loss(pipe, x0, noise, sigma, states_train[idx], mask_train[idx], sec_start, sec_end,
-                              drop, sigma_data)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(parts.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(parts.parameters()), 1 - cfg.ema_decay)
-        train_seconds += time.perf_counter() - t0
-        step += 1
-        log["steps"].append({"step": step, "lr": lr, "loss": loss.item(), "grad_norm": float(grad_norm)})
-        if step % cfg.log_every == 0:
-            recent = np.mean([r["loss"] for r in log["steps"][-cfg.log_every :]])
-            log_fn(f"step {step}: loss {recent:.4f} lr {lr:.2e} {step / train_seconds:.2f} steps/s")
-        if step % cfg.val_every == 0:
-            row = {"step": step, "seconds": time.perf_counter() - start, "raw": validate(parts), "ema": validate(ema)}
-            log["val"].append(row)
-            log_fn(f"step {step}: val loss raw {row['raw']:.4f} ema {row['ema']:.4f}")
-
-    if log["val"][-1]["step"] != step:
-        log["val"].append({"step": step, "seconds": time.perf_counter() - start, "raw": validate(parts), "ema": validate(ema)})
-    log["throughput"] = {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - start,
-                         "steps_per_second": step / max(train_seconds, 1e-9), "threads": cfg.threads,
-                         "total_seconds": time.perf_counter() - t_start}
-    parts.load_state_dict(ema.state_dict())  # the EMA weights are the model
-    final = log["val"][-1]
-    save_stable_audio_lite(pipe, cfg.out, vae_path,
-                           extra={"trained": {"steps": step, "val_loss_ema": final["ema"], "val_loss_raw": final["raw"]}})
-    (Path(cfg.out) / "train_log.json").write_text(json.dumps(log, indent=1))
-    log_fn(f"done: {step} steps in {train_seconds:.0f} s ({log['throughput']['steps_per_second']:.2f} steps/s), "
-           f"val loss ema {final['ema']:.4f} raw {final['raw']:.4f} -> {cfg.out}")
+    throughput = log["throughput"]
+    throughput.update(steps_per_second=throughput["steps"] / max(throughput["train_seconds"], 1e-9),
+                      total_seconds=time.perf_counter() - t_start)
+    out = Path(cfg.out)
+    if finished:
+        parts.load_state_dict(ema.state_dict())  # the EMA weights are the model
+        final = log["val"][-1]
+        save_stable_audio_lite(pipe, out, vae_path, extra={"trained": {"steps": throughput["steps"],
+                                                                        "val_loss_ema": final["ema"], "val_loss_raw": final["raw"]}})
+        log_fn(f"done: {throughput['steps']} steps in {throughput['train_seconds']:.0f} s "
+               f"({throughput['steps_per_second']:.2f} steps/s), val loss ema {final['ema']:.4f} raw {final['raw']:.4f} -> {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
     return log
 
 
+
+
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_argv(TrainConfig, argv, __doc__.split("\n\n")[0])
+    cfg = config_from_argv(DiTTrainingConfig, argv, __doc__.split("\n\n")[0])
     command = " ".join(["python -m accelerando.train.dit", *(sys.argv[1:] if argv is None else argv)])
     return train(cfg, log_fn=lambda *a: print(*a, flush=True), command=command)
 

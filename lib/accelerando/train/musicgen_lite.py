@@ -10,21 +10,22 @@ their captions through the frozen MiniLM. Model A learns whole clips after the c
 Model B learns the rest of a clip given its caption and its opening (a 1.5-4 s audio prompt,
 drawn per batch), so its audio prompt is a style and tempo seed, not a copy of the target.
 
-Recipe (seed 003, section 1.3-1.4 and 3.1): AdamW (beta 0.9 / 0.99, weight decay 0.1 on matrices),
+Recipe (MusicGen's, Copet et al. 2023, arXiv:2306.05284, at toy scale): AdamW (beta 0.9 / 0.99, weight decay 0.1 on matrices),
 linear warm-up over the first 10% of the steps then a cosine to 10% of the peak, gradient
 clipping at 1.0, gradient accumulation to an effective batch of `batch_size x accumulate` (32),
-autocast fp16 on CUDA (CPU trains in fp32: no fast half-precision GEMM on this CPU), condition
+bf16 autocast where the CPU has AMX (`--precision`; fp32 elsewhere), condition
 dropout for classifier-free guidance (all conditions at once in 10% of the rows, as MusicGen
 does; for B also the audio prompt alone in 10% and the text alone in 5%), an EMA
 of the weights, validation NLL per codebook every `val_every` steps, the three best checkpoints by
 validation loss kept in `<out>/top3/` (not committed), the best one (EMA weights) written to
 `<out>`, and the fixed prompts sampled every `sample_every` steps into the log with their
-CLAP-Lite score. The budget is wall-clock: the step count is estimated from the first steps.
+CLAP-Lite score. The budget is wall-clock: without `max_steps` the step count is estimated from
+the first steps. The loop is `accelerando.train.run_training`: a run stopped before `max_steps`
+continues where it stopped when run again.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import sys
@@ -34,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from . import config_from_argv, warmup_cosine
+from . import TrainingTask, config_from_argv, resolve_threads, run_training, settings_dict
+from ..models.musicgen_lite import MusicGenLite, inputs_and_labels, label_codebooks
 
 FIXED_PROMPTS = (
     "A four-part chorale in D major for brass at 90 BPM, in 4/4",
@@ -45,7 +48,7 @@ FIXED_PROMPTS = (
 
 
 @dataclass
-class TrainConfig:
+class MusicGenLiteTrainingConfig:
     variant: str = "a"  # "a" (text prefix LM) or "b" (text + audio prompt, cross-attention)
     pattern: str = "delay"  # codebook pattern: "delay" (MusicGen's) or "flatten" (K x the steps)
     corpus: str = "full"
@@ -77,8 +80,40 @@ class TrainConfig:
     sample_every: int = 300  # 0: never
     sample_seconds: float = 4.0
     seed: int = 0
-    threads: int = 1
+    threads: int | None = None  # torch threads; None: every core
+    precision: str | None = None  # "bf16" (autocast, fp32 master weights) or "fp32"; None: bf16 where the CPU has AMX
+    steps_this_run: int | None = None  # stop this run after so many steps (resume state kept); None: its budget
+    resume: bool = True  # continue from <out>/resume_state.pt when a stopped run left one
     log_every: int = 20
+
+
+@torch.no_grad()
+def token_nll(model: MusicGenLite, target: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+              context: torch.Tensor | None = None, prompt_codes: torch.Tensor | None = None,
+              batch: int = 16) -> torch.Tensor:
+    """Per clip and codebook, the mean negative log-likelihood (nats per token) of `target` codes
+    [N, K, T]. `context` [N, K, C] (model A): codes the model reads first, as MusicGen continues an
+    audio prompt; their own tokens are not scored. `prompt_codes` [N, K, P] (model B): the audio
+    prompt in its cross-attention memory. Returns [N, K]."""
+    model.eval()
+    cfg = model.config
+    out = []
+    for i in range(0, target.shape[0], batch):
+        sl = slice(i, i + batch)
+        codes = target[sl] if context is None else torch.cat([context[sl], target[sl]], -1)
+        inputs, labels = inputs_and_labels(codes, cfg.codebook_size, cfg.pattern)
+        c = 0 if context is None else context.shape[-1]
+        if cfg.pattern == "delay":
+            for k in range(labels.shape[1]):  # token (k, frame t) sits at step t + k; score frames >= c only
+                labels[:, k, : c + k] = -100
+        else:
+            labels[:, 0, : c * cfg.codebooks] = -100
+        logits = model(inputs, states[sl].float(), mask[sl], None if prompt_codes is None else prompt_codes[sl])
+        ce = nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), labels, ignore_index=-100, reduction="none")
+        book, scored = label_codebooks(labels, cfg.codebooks), labels != -100
+        out.append(torch.stack([ce[:, book == k].sum(-1) / scored[:, book == k].sum(-1).clamp(min=1)
+                                for k in range(cfg.codebooks)], 1))  # [b, K]
+    return torch.cat(out)
 
 
 def token_split(codec, autoencoder, corpus, split: str, n: int, seed: int = 0) -> dict:
@@ -99,7 +134,7 @@ def token_split(codec, autoencoder, corpus, split: str, n: int, seed: int = 0) -
     return {"codes": codes, "latents": latents, "states": states, "mask": mask, "captions": captions, "clips": clips}
 
 
-def token_data(cfg: TrainConfig, log_fn=print) -> dict:
+def token_data(cfg: MusicGenLiteTrainingConfig, log_fn=print) -> dict:
     """The codec and the train and val token splits."""
     from ..data import build_corpus, preset
     from ..models.codec_lite import load_codec_lite
@@ -120,7 +155,7 @@ def batch_inputs(split: dict, idx, variant: str, prompt_frames: int, special: in
     """Model inputs and labels for clips `idx`: A the whole clip, B the clip after its first
     `prompt_frames` frames with those frames as the audio prompt. Text columns trimmed to the
     batch's longest caption."""
-    from ..models.musicgen_lite import inputs_and_labels, null_condition
+    from ..models.musicgen_lite import null_condition
 
     codes = split["codes"][idx]
     mask = split["mask"][idx]
@@ -139,11 +174,12 @@ def batch_inputs(split: dict, idx, variant: str, prompt_frames: int, special: in
             "prompt_codes": prompt, "prompt_mask": prompt_mask}
 
 
-def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str | None = None) -> dict:
-    from ..bench.musicgen import token_nll
-    from ..models.musicgen_lite import MusicGenLite, MusicGenLiteConfig, codebook_nll, save_musicgen_lite
+def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=print, command: str | None = None) -> dict:
+    """Run the training described by `cfg` on `data` (`token_data(cfg)` when None); returns the
+    log (also written to cfg.out)."""
+    from ..models.musicgen_lite import MusicGenLiteConfig, codebook_nll, save_musicgen_lite
 
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(resolve_threads(cfg.threads))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     data = data or token_data(cfg, log_fn)
@@ -162,13 +198,10 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
                               max_prompt_frames=p_hi,
                               max_frames=clip_frames - (p_lo if cfg.variant == "b" else 0))
     model = MusicGenLite(mcfg).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
-    device_type = "cuda" if next(model.parameters()).is_cuda else "cpu"
-    amp = torch.autocast("cuda", dtype=torch.float16) if device_type == "cuda" else torch.autocast("cpu", enabled=False)
     val_prompt = round(sum(cfg.prompt_seconds) / 2 * frame_rate)
 
     def validate(m) -> list[float]:
@@ -183,24 +216,36 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
         m.train(was)
         return nll.mean(0).tolist()
 
-    log = {"settings": {k2: (list(v) if isinstance(v, tuple) else v) for k2, v in dataclasses.asdict(cfg).items()},
-           "command": command, "model_config": dataclasses.asdict(mcfg), "params": model.num_parameters(),
-           "train_clips": len(train_set["codes"]), "val_clips": len(val_set["codes"]),
-           "frames_per_clip": int(train_set["codes"].shape[-1]), "frame_rate": frame_rate,
-           "steps": [], "val": [], "samples": []}
-    log_fn(f"musicgen-lite {cfg.variant}: {model.num_parameters() / 1e6:.2f} M params, "
-           f"{len(train_set['codes'])} clips x {train_set['codes'].shape[-1]} frames x {k} codebooks")
-    first = validate(model)
-    log["val"].append({"step": 0, "seconds": 0.0, "raw": first, "ema": first})
-    log_fn(f"step 0: val nll {np.mean(first):.4f}")
-    out = Path(cfg.out)
-    top: list[tuple[float, int, Path]] = []  # (val loss, step, path) of the best three
+    # target_tokens: the tokens the loss scores (B's audio prompt is context, not target);
+    # top: (val loss, step, path) of the best three EMA checkpoints
+    state = {"target_tokens": 0, "top": []}
 
-    def keep_top(step: int, loss: float) -> None:
-        entry = (loss, step, out / "top3" / f"step-{step:05d}")
+    def batches(rng: np.random.Generator):
+        """One step's `accumulate` micro-batches, with one audio prompt length for all of them."""
+        prompt_frames = int(rng.integers(p_lo, p_hi + 1))
+        target_frames = clip_frames - (prompt_frames if cfg.variant == "b" else 0)
+        state["target_tokens"] += cfg.batch_size * cfg.accumulate * k * target_frames
+        for _ in range(cfg.accumulate):
+            idx = torch.from_numpy(rng.integers(len(train_set["codes"]), size=cfg.batch_size))
+            u = torch.from_numpy(rng.random(cfg.batch_size))
+            both, only_prompt = cfg.cond_dropout, cfg.cond_dropout + cfg.prompt_dropout
+            drop_prompt = u < only_prompt
+            drop_text = (u < both) | ((u >= only_prompt) & (u < only_prompt + cfg.text_dropout))
+            yield batch_inputs(train_set, idx, cfg.variant, prompt_frames, size, drop_text, drop_prompt, cfg.pattern)
+
+    def loss(m: MusicGenLite, b: dict) -> tuple[torch.Tensor, dict]:
+        logits = m(b["inputs"], b["text_states"], b["text_mask"], b["prompt_codes"], b["prompt_mask"])
+        nll = codebook_nll(logits.float(), b["labels"], k)  # [K]
+        return nll.mean(), {"per_codebook": nll}
+
+    out = Path(cfg.out)
+
+    def keep_top(step: int, row: dict, ema: MusicGenLite) -> None:
+        top = state["top"]
+        entry = (float(np.mean(row["ema"])), step, out / "top3" / f"step-{step:05d}")
         if len(top) == 3 and entry > top[-1]:  # not among the best three: nothing to write
             return
-        save_musicgen_lite(ema, entry[2], cfg.codec, extra={"trained": {"step": step, "val_nll": loss}})
+        save_musicgen_lite(ema, entry[2], cfg.codec, extra={"trained": {"step": step, "val_nll": entry[0]}})
         top.append(entry)
         top.sort()
         for _, _, old in top[3:]:
@@ -209,81 +254,41 @@ def train(cfg: TrainConfig, data: dict | None = None, log_fn=print, command: str
             old.rmdir()
         del top[3:]
 
-    start, step, budget = time.perf_counter(), 0, cfg.minutes * 60
-    train_seconds, expected, warmup = 0.0, cfg.max_steps or 10**9, None
-    target_tokens = 0  # the tokens the loss scores: B's audio prompt is context, not target
-    if cfg.max_steps:
-        warmup = max(1, int(cfg.warmup_frac * cfg.max_steps))
-    while step < expected:
-        elapsed = time.perf_counter() - start
-        if elapsed >= budget:
-            break
-        if cfg.max_steps is None and step >= 5:
-            expected = step + max(1, int((budget - elapsed) / (train_seconds / step)))
-            if warmup is None:  # fixed once, from the first steps' pace
-                warmup = max(1, int(cfg.warmup_frac * expected))
-        lr = warmup_cosine(cfg.lr, step, warmup or 10**9, (step - (warmup or 0)) / max(1, expected - (warmup or 0)), floor=0.1)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        prompt_frames = int(rng.integers(p_lo, p_hi + 1))
-        target_frames = clip_frames - (prompt_frames if cfg.variant == "b" else 0)
-        target_tokens += cfg.batch_size * cfg.accumulate * k * target_frames
-        opt.zero_grad(set_to_none=True)
-        loss_sum, per_codebook = 0.0, torch.zeros(k)
-        for _ in range(cfg.accumulate):
-            idx = torch.from_numpy(rng.integers(len(train_set["codes"]), size=cfg.batch_size))
-            u = torch.from_numpy(rng.random(cfg.batch_size))
-            both, only_prompt = cfg.cond_dropout, cfg.cond_dropout + cfg.prompt_dropout
-            drop_prompt = u < only_prompt
-            drop_text = (u < both) | ((u >= only_prompt) & (u < only_prompt + cfg.text_dropout))
-            b = batch_inputs(train_set, idx, cfg.variant, prompt_frames, size, drop_text, drop_prompt, cfg.pattern)
-            with amp:
-                logits = model(b["inputs"], b["text_states"], b["text_mask"], b["prompt_codes"], b["prompt_mask"])
-                nll = codebook_nll(logits.float(), b["labels"], k)
-            (nll.mean() / cfg.accumulate).backward()
-            loss_sum += nll.mean().item() / cfg.accumulate
-            per_codebook += nll.detach() / cfg.accumulate
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - cfg.ema_decay)
-        train_seconds += time.perf_counter() - t0
-        step += 1
-        log["steps"].append({"step": step, "lr": lr, "loss": loss_sum, "per_codebook": per_codebook.tolist(),
-                             "grad_norm": float(grad_norm)})
-        if step % cfg.log_every == 0:
-            recent = np.mean([r["loss"] for r in log["steps"][-cfg.log_every:]])
-            log_fn(f"step {step}/{expected}: loss {recent:.4f} lr {lr:.2e} {train_seconds / step:.2f} s/step")
-        if step % cfg.val_every == 0:
-            row = {"step": step, "seconds": time.perf_counter() - start, "raw": validate(model), "ema": validate(ema)}
-            log["val"].append(row)
-            keep_top(step, float(np.mean(row["ema"])))
-            log_fn(f"step {step}: val nll raw {np.mean(row['raw']):.4f} ema {np.mean(row['ema']):.4f}")
+    def sample(step: int, ema: MusicGenLite) -> None:
         if cfg.sample_every and step % cfg.sample_every == 0:
             log["samples"].append({"step": step, **sample_fixed_prompts(ema, codec, cfg, val_set)})
 
-    if log["val"][-1]["step"] != step:
-        row = {"step": step, "seconds": time.perf_counter() - start, "raw": validate(model), "ema": validate(ema)}
-        log["val"].append(row)
-        keep_top(step, float(np.mean(row["ema"])))
-    log["throughput"] = {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - start,
-                         "seconds_per_step": train_seconds / max(step, 1), "threads": cfg.threads,
-                         "tokens_per_step": target_tokens / max(step, 1)}
-    best_loss, best_step, best_path = top[0]
-    from ..checkpoint import load_checked
-    from ..models.musicgen_lite import WEIGHTS_FILE
+    log = {"settings": settings_dict(cfg),
+           "command": command, "model_config": dataclasses.asdict(mcfg), "params": model.num_parameters(),
+           "train_clips": len(train_set["codes"]), "val_clips": len(val_set["codes"]),
+           "frames_per_clip": int(train_set["codes"].shape[-1]), "frame_rate": frame_rate, "samples": []}
+    log_fn(f"musicgen-lite {cfg.variant}: {model.num_parameters() / 1e6:.2f} M params, "
+           f"{len(train_set['codes'])} clips x {train_set['codes'].shape[-1]} frames x {k} codebooks")
+    task = TrainingTask(model=model, optimizer=opt, batches=batches, loss=loss, validate=validate,
+                        on_validation=keep_top, on_step=sample, state=state)
+    ema, finished = run_training(cfg, task, rng, log, log_fn, command)
 
-    load_checked(ema, best_path / WEIGHTS_FILE)
-    log["best"] = {"step": best_step, "val_nll": best_loss}
-    save_musicgen_lite(ema, out, cfg.codec, extra={"trained": log["best"]})
+    throughput = log["throughput"]
+    steps = throughput["steps"]
+    throughput.update(seconds_per_step=throughput["train_seconds"] / max(steps, 1),
+                      tokens_per_step=state["target_tokens"] / max(steps, 1))
+    if finished:
+        from ..checkpoint import load_checked
+        from ..models.musicgen_lite import WEIGHTS_FILE
+
+        best_loss, best_step, best_path = state["top"][0]
+        load_checked(ema, best_path / WEIGHTS_FILE)
+        log["best"] = {"step": best_step, "val_nll": best_loss}
+        save_musicgen_lite(ema, out, cfg.codec, extra={"trained": log["best"]})
+        log_fn(f"done: {steps} steps in {throughput['train_seconds']:.0f} s; best val nll {best_loss:.4f} "
+               f"at step {best_step} -> {out}")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
-    log_fn(f"done: {step} steps in {train_seconds:.0f} s; best val nll {best_loss:.4f} at step {best_step} -> {out}")
     return log
 
 
 @torch.no_grad()
-def sample_fixed_prompts(model, codec, cfg: TrainConfig, val_set: dict) -> dict:
+def sample_fixed_prompts(model, codec, cfg: MusicGenLiteTrainingConfig, val_set: dict) -> dict:
     """The fixed prompts (model B: with the opening of a validation clip as audio prompt), decoded,
     scored by CLAP-Lite when its checkpoint is present."""
     from ..models.musicgen_lite import frames_for, generate
@@ -311,7 +316,7 @@ def sample_fixed_prompts(model, codec, cfg: TrainConfig, val_set: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = config_from_argv(TrainConfig, argv, __doc__.split("\n\n")[0])
+    cfg = config_from_argv(MusicGenLiteTrainingConfig, argv, __doc__.split("\n\n")[0])
     command = " ".join(["python -m accelerando.train.musicgen_lite", *(sys.argv[1:] if argv is None else argv)])
     return train(cfg, log_fn=lambda *a: print(*a, flush=True), command=command)
 
