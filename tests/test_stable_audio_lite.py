@@ -21,15 +21,13 @@ from accelerando.models.stable_audio_lite import (
     DIT_TINY_CONFIG,
     VAE_CHECKPOINT,
     build_stable_audio_lite,
-    conditioning,
     diffusion_target,
     generate,
     load_stable_audio_lite,
-    max_seconds,
     save_stable_audio_lite,
     scheduler_config,
-    text_states,
 )
+from accelerando.models.stable_audio_conditioning import conditioning, max_seconds, text_states
 
 
 @pytest.fixture(scope="module")

@@ -51,15 +51,7 @@ from .autoencoder_lite import load_autoencoder_lite
 from .common import seeded_build
 from .latent_grouping import latent_channels
 from .stable_audio import SCHEDULER_CONFIG
-# conditioning, rotary, text_states: re-exported for train.dit and quant.qat, which import them from here
-from .stable_audio_conditioning import (  # noqa: F401
-    check_prompts_fit,
-    check_seconds,
-    conditioning,
-    max_seconds,
-    rotary,
-    text_states,
-)
+from .stable_audio_conditioning import check_prompts_fit, check_seconds
 from .text_encoder import shared_text_encoder
 
 DIT_CHECKPOINT = CHECKPOINTS / "stable_audio_lite"

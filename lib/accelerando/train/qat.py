@@ -50,7 +50,7 @@ OBJECTIVES = ("latent_mse", "stft_magnitude", "stft_complex")
 @dataclass
 class QATData:
     """Training clips: autoencoder latents [N, C, frames] and their captions' MiniLM states
-    [N, 64, 384] (fp16 in memory) with masks [N, 64], as `stable_audio_lite.text_states` gives."""
+    [N, 64, 384] (fp16 in memory) with masks [N, 64], as `stable_audio_conditioning.text_states` gives."""
 
     latents: torch.Tensor
     states: torch.Tensor
