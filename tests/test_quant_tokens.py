@@ -156,6 +156,12 @@ def test_family_audit_groups_overlap_sizes_and_tests():
     assert not organ.tested and np.isnan(organ.p_hurt) and np.isnan(organ.p_gain_holm)
     row = table[table.group == "Drums"].iloc[0]
     assert row.tested and row.p_gain_holm < 0.01 and row.p_hurt_holm < 0.01
+    assert row.hurt_side == "further from full precision" and row.gain_side == "a smaller gain over the baseline"
+    # the tests are two-sided: a group on the other side is labelled by its side, not as hurt
+    flipped, _ = family_audit(_rows(np.where(drums, 0.5, 0.9) * b, b), _clips(families, genres), min_group=4, n_resamples=200)
+    other = flipped[flipped.group == "Drums"].iloc[0]
+    assert other.p_hurt_holm < 0.01 and other.hurt_side == "closer to full precision"
+    assert other.gain_side == "a larger gain over the baseline"
     assert row.log_ratio_lo <= row.log_ratio <= row.log_ratio_hi
     assert np.isclose(row.log_ratio, np.mean(np.log(a[drums] / b[drums])))
     piano = table[table.group == "Piano"].iloc[0]

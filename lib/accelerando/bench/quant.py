@@ -289,7 +289,10 @@ def family_audit(rows: list[dict], clips: list, method: str = "svdquant w4a4", b
     (mean, interval; exp of it is the geometric-mean ratio). Two tests per group, group against
     the other prompts (two-sided Mann-Whitney U, Holm-adjusted within its kind): `p_hurt` on
     `method`'s metric (are this group's prompts further from full precision?) and `p_gain` on the
-    log ratio (does `method`'s gain over `baseline` differ here?). Groups with fewer than
+    log ratio (does `method`'s gain over `baseline` differ here?). The tests are two-sided, so each
+    carries the side the group lies on (medians inside against outside): `hurt_side` "further from
+    full precision" or "closer to full precision", `gain_side` "a larger gain over the baseline" or "a
+    smaller gain over the baseline". Groups with fewer than
     `min_group` prompts on either side are described but not tested (tested False, p NaN). The
     second value holds Kruskal-Wallis tests across the genres (disjoint groups) with at least
     `min_group` prompts: None when fewer than two have.
@@ -319,6 +322,10 @@ def family_audit(rows: list[dict], clips: list, method: str = "svdquant w4a4", b
         row["tested"] = min(n, len(clips) - n) >= min_group
         for key, values in (("p_hurt", a), ("p_gain", log_ratio)):
             row[key] = float(sps.mannwhitneyu(values[inside], values[~inside]).pvalue) if row["tested"] else np.nan
+        higher = n > 0 and n < len(clips) and np.median(a[inside]) > np.median(a[~inside])
+        row["hurt_side"] = "further from full precision" if higher else "closer to full precision"
+        lower_ratio = n > 0 and n < len(clips) and np.median(log_ratio[inside]) < np.median(log_ratio[~inside])
+        row["gain_side"] = "a larger gain over the baseline" if lower_ratio else "a smaller gain over the baseline"
         out.append(row)
     table = pd.DataFrame(out)
     for key in ("p_hurt", "p_gain"):
