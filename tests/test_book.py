@@ -134,6 +134,25 @@ def test_a_changed_checkpoint_makes_a_chapter_stale(tmp_path, monkeypatch):
     assert book.stale_reasons(chapter, params, notebook, tmp_path) == ["input file checkpoints/m/config.json changed"]
 
 
+def test_files_git_ignores_are_not_inputs(tmp_path, monkeypatch):
+    """A training run's resume state or kept-best copies beside a checkpoint are not in a fresh
+    clone: keying on them would stale every chapter there."""
+    import subprocess
+
+    from accelerando import record as record_module
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("checkpoints/**/resume_state.*\ncheckpoints/*/top3/\n")
+    folder = tmp_path / "checkpoints" / "m"
+    (folder / "top3" / "1").mkdir(parents=True)
+    for name in ("w.safetensors", "config.json", "resume_state.pt", "top3/1/w.safetensors"):
+        (folder / name).write_text(name)
+    monkeypatch.setattr(record_module, "_INPUTS", set())
+    monkeypatch.setattr(record_module, "REPO_ROOT", tmp_path)
+    record_module.note_input(folder / "w.safetensors")
+    assert record_module._input_files() == ["checkpoints/m/config.json", "checkpoints/m/w.safetensors"]
+
+
 def test_a_book_run_refuses_a_dirty_tree(scratch_book, monkeypatch):
     monkeypatch.setattr(book, "BOOK", scratch_book / "book")
     monkeypatch.setattr(book, "BOOK_RECORD_DIR", scratch_book / "book" / "records")

@@ -130,6 +130,16 @@ def git_commit(root: Path = REPO_ROOT) -> dict:
     return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
 
 
+def git_ignored(paths: list[str], root: Path = REPO_ROOT) -> set[str]:
+    """Those of `paths` (relative to `root`) that .gitignore excludes: empty outside a repository."""
+    try:
+        out = subprocess.run(["git", "check-ignore", "--stdin"], input="\n".join(paths), cwd=root,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return set(out.stdout.splitlines()) if out.returncode in (0, 1) else set()  # 1: none ignored
+
+
 def git_diff(root: Path = REPO_ROOT) -> str | None:
     """`git diff HEAD`: every uncommitted change to tracked files (None outside a repository)."""
     return _git(root, "diff", "HEAD")

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .machine import REPO_ROOT, cpu_flags, git_commit, git_diff, hardware, package_versions
+from .machine import REPO_ROOT, cpu_flags, git_commit, git_diff, git_ignored, hardware, package_versions
 
 # Where records go. The chapter runner (accelerando.book) sets this variable: book/records for the
 # book's own runs, runs/<set>/records otherwise. A chapter run by hand (Jupyter, plain papermill)
@@ -171,7 +171,9 @@ def library_hashes(files) -> dict[str, str | None]:
 def note_input(path: str | Path) -> None:
     """Called by loaders (`accelerando.checkpoint.load_checked`): the run depends on `path`.
 
-    Every file in the same folder is keyed too (a checkpoint's weights, config.json, training log).
+    Every file in the same folder is keyed too (a checkpoint's weights, config.json, training log),
+    except those git ignores (kept-best copies, a training run's resume state): a fresh clone does
+    not have them, so keying on them would stale every chapter there.
     """
     _INPUTS.add(Path(path).resolve().parent)
 
@@ -182,7 +184,8 @@ def _input_files() -> list[str]:
     for folder in sorted(_INPUTS):
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             files.append(str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path))
-    return files
+    ignored = git_ignored([f for f in files if not Path(f).is_absolute()], REPO_ROOT)
+    return [f for f in files if f not in ignored]
 
 
 def input_hashes(files) -> dict[str, str | None]:
