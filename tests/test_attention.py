@@ -16,14 +16,7 @@ from accelerando.attention import (
     key_value_cache,
     restore_attn_processors,
 )
-from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
 from accelerando.models.stable_audio_conditioning import rotary
-from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    return build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
 
 
 class Scaled:
@@ -47,22 +40,22 @@ def _forward(pipe, gen_seed: int = 0) -> torch.Tensor:
                   rotary_embedding=rotary(pipe, 10), return_dict=False)[0]
 
 
-def test_patches_stack_and_unstack_in_either_order(tiny_pipe):
-    tr = tiny_pipe.transformer
+def test_patches_stack_and_unstack_in_either_order(tiny_lite_pipe):
+    tr = tiny_lite_pipe.transformer
     stock = tr.attn_processors
-    reference = _forward(tiny_pipe)
+    reference = _forward(tiny_lite_pipe)
     saved_a = install_attn_processors(tr, lambda name, old: Scaled(old, 0.5))
     a = tr.attn_processors
     assert all(isinstance(p, Scaled) for p in a.values())
     saved_b = install_attn_processors(tr, lambda name, old: Scaled(old, 2.0) if is_self_attention(name) else old)
     assert all(isinstance(p, Scaled) and p.factor == 2.0 and p.inner is a[k]
                for k, p in tr.attn_processors.items() if is_self_attention(k))
-    assert not torch.allclose(_forward(tiny_pipe), reference)
+    assert not torch.allclose(_forward(tiny_lite_pipe), reference)
     restore_attn_processors(tr, saved_b)  # B off: A's processors, the same objects
     assert all(tr.attn_processors[k] is p for k, p in a.items())
     restore_attn_processors(tr, saved_a)  # A off: the stock ones
     assert all(tr.attn_processors[k] is p for k, p in stock.items())
-    assert torch.equal(_forward(tiny_pipe), reference)
+    assert torch.equal(_forward(tiny_lite_pipe), reference)
 
     # the other order: B first, A on top; the saved dicts are not consumed by restoring
     saved_b = install_attn_processors(tr, lambda name, old: Scaled(old, 2.0) if is_self_attention(name) else old)
@@ -74,11 +67,11 @@ def test_patches_stack_and_unstack_in_either_order(tiny_pipe):
     restore_attn_processors(tr, saved_b)
     assert all(tr.attn_processors[k] is p for k, p in stock.items())
     assert len(saved_a) == len(saved_b) == len(stock)
-    assert torch.equal(_forward(tiny_pipe), reference)
+    assert torch.equal(_forward(tiny_lite_pipe), reference)
 
 
-def test_context_manager_restores_on_error_and_refuses_other_models(tiny_pipe):
-    tr = tiny_pipe.transformer
+def test_context_manager_restores_on_error_and_refuses_other_models(tiny_lite_pipe):
+    tr = tiny_lite_pipe.transformer
     stock = tr.attn_processors
     with pytest.raises(RuntimeError, match="inside"):
         with attention_patch(tr, lambda name, old: Scaled(old, 3.0)) as installed:
@@ -88,11 +81,11 @@ def test_context_manager_restores_on_error_and_refuses_other_models(tiny_pipe):
     with pytest.raises(TypeError, match="set_attn_processor"):
         install_attn_processors(nn.Linear(2, 2), lambda name, old: old)
     with pytest.raises(TypeError, match="StableAudioDiTModel"):
-        KeyValueCache.install(tiny_pipe.vae)
+        KeyValueCache.install(tiny_lite_pipe.vae)
 
 
-def test_key_value_cache_stacks_on_another_patch_and_restores_it(tiny_pipe):
-    tr = tiny_pipe.transformer
+def test_key_value_cache_stacks_on_another_patch_and_restores_it(tiny_lite_pipe):
+    tr = tiny_lite_pipe.transformer
     stock = tr.attn_processors
     saved = install_attn_processors(tr, lambda name, old: Scaled(old, 1.0))
     patched = tr.attn_processors
@@ -101,7 +94,7 @@ def test_key_value_cache_stacks_on_another_patch_and_restores_it(tiny_pipe):
         assert [current[k].layer for k in current if is_self_attention(k)] == list(range(tr.config.num_layers))
         assert all(isinstance(current[k], KeyValueCacheProcessor) == is_self_attention(k) for k in current)
         assert all(current[k] is patched[k] for k in current if not is_self_attention(k))  # cross-attention kept
-        _forward(tiny_pipe)
+        _forward(tiny_lite_pipe)
         assert cache.nbytes() > 0
         cache.reset_state()
         assert cache.nbytes() == 0

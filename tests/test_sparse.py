@@ -12,7 +12,7 @@ import torch
 from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite
 from accelerando.models.latent_grouping import decoder_hop, latent_channels
 from accelerando.models.stable_audio import build_stable_audio
-from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite, generate
+from accelerando.models.stable_audio_lite import generate
 from accelerando.sparse import CachedDecoder, EditSession, decode_window, measured_reach, receptive_field
 from accelerando.attention import KeyValueCache
 from accelerando.models.stable_audio_conditioning import rotary
@@ -24,11 +24,6 @@ def vae(request):
     """The tiny autoencoder with 4 encoder frames per latent frame (the book's layout) and without."""
     torch.manual_seed(0)
     return build_autoencoder_lite({**AUTOENCODER_TINY_CONFIG, "latent_frame_group": request.param}).eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe():
-    return build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
 
 
 def _decode(vae, z):
@@ -128,14 +123,14 @@ def test_decoder_refuses_bad_latents(vae):
         decode_window(vae, torch.zeros(1, c, 16), 0, 10**9)
 
 
-def test_dit_forward_dense_equals_stock_and_sparse_over_everything_equals_dense(tiny_pipe):
-    tr = tiny_pipe.transformer
+def test_dit_forward_dense_equals_stock_and_sparse_over_everything_equals_dense(tiny_lite_pipe):
+    tr = tiny_lite_pipe.transformer
     gen = torch.Generator().manual_seed(0)
     T = tr.config.sample_size
     x = torch.randn(2, tr.config.in_channels, T, generator=gen)
     enc = torch.randn(2, 7, tr.config.cross_attention_input_dim, generator=gen)
     glob = torch.randn(2, 1, tr.config.global_states_input_dim, generator=gen)
-    rot, t = rotary(tiny_pipe, T), torch.tensor([0.3])
+    rot, t = rotary(tiny_lite_pipe, T), torch.tensor([0.3])
     with torch.no_grad():
         stock = tr(x, t, encoder_hidden_states=enc, global_hidden_states=glob, rotary_embedding=rot, return_dict=False)[0]
         before = tr.attn_processors
@@ -152,15 +147,15 @@ def test_dit_forward_dense_equals_stock_and_sparse_over_everything_equals_dense(
     assert torch.allclose(part, dense[..., 3:9], atol=1e-6)  # same input: cached K/V are exact
 
 
-def test_session_generates_what_the_pipeline_generates(tiny_pipe):
-    ref, sr = generate(tiny_pipe, "a chorale in D major", seconds=0.6, steps=4, seed=2)
-    session = EditSession(tiny_pipe, steps=4)
+def test_session_generates_what_the_pipeline_generates(tiny_lite_pipe):
+    ref, sr = generate(tiny_lite_pipe, "a chorale in D major", seconds=0.6, steps=4, seed=2)
+    session = EditSession(tiny_lite_pipe, steps=4)
     audio = session.generate("a chorale in D major", seconds=0.6, seed=2)
     assert audio.shape == ref.shape and np.allclose(audio, ref, atol=1e-6)
 
 
-def test_edits_hold_the_rest_and_sparse_reduces_to_dense(tiny_pipe):
-    session = EditSession(tiny_pipe, steps=4)
+def test_edits_hold_the_rest_and_sparse_reduces_to_dense(tiny_lite_pipe):
+    session = EditSession(tiny_lite_pipe, steps=4)
     before = session.generate(["a chorale in D major", "a drum groove"], seconds=0.7, seed=0)
     dense = session.edit(0.2, 0.35, prompt=["a snare fill", "a bass line"], mode="dense", seed=7)
     (lo, hi), = session.decoder.last_update["samples"]
@@ -181,10 +176,10 @@ def test_edits_hold_the_rest_and_sparse_reduces_to_dense(tiny_pipe):
     assert session.last_edit["begin_step"] == 2 and len(session.takes[-1].trajectory) == 5
 
 
-def test_corrected_kv_is_the_record_plus_the_last_dense_difference(tiny_pipe):
+def test_corrected_kv_is_the_record_plus_the_last_dense_difference(tiny_lite_pipe):
     """Steps 0 and 2 dense, 1 and 3 sparse: at a sparse step the tokens outside the active set
     attend to record(i) + dense(j) - record(j) (the merged K/V the edit's own record keeps)."""
-    session = EditSession(tiny_pipe, steps=4)
+    session = EditSession(tiny_lite_pipe, steps=4)
     session.generate("a chorale in D major", seconds=0.7, seed=0)
     session.edit(0.3, 0.4, prompt="a snare fill", refresh_every=2, kv_correction=True, margin=1, seed=5)
     assert session.last_edit["dense_steps"] == 2 and session.last_edit["sparse_steps"] == 2
@@ -203,9 +198,9 @@ def test_corrected_kv_is_the_record_plus_the_last_dense_difference(tiny_pipe):
     assert not torch.allclose(new[0][0][-1][:, :, outside], base[0][0][-1][:, :, outside])
 
 
-def test_bf16_record_halves_the_bytes_and_edits(tiny_pipe):
-    full = EditSession(tiny_pipe, steps=2)
-    half = EditSession(tiny_pipe, steps=2, record_dtype=torch.bfloat16)
+def test_bf16_record_halves_the_bytes_and_edits(tiny_lite_pipe):
+    full = EditSession(tiny_lite_pipe, steps=2)
+    half = EditSession(tiny_lite_pipe, steps=2, record_dtype=torch.bfloat16)
     ref = full.generate("a drum groove", seconds=0.6, seed=1)
     audio = half.generate("a drum groove", seconds=0.6, seed=1)
     assert np.array_equal(audio, ref)  # the record is kept beside the generation, not in it
@@ -215,7 +210,7 @@ def test_bf16_record_halves_the_bytes_and_edits(tiny_pipe):
         session.edit(0.2, 0.4, refresh_every=0, seed=3)
     assert np.allclose(half.undo(), ref) and np.isfinite(half.takes[-1].trajectory[-1]).all()
     with pytest.raises(ValueError, match="record_dtype"):
-        EditSession(tiny_pipe, record_dtype=torch.int8)
+        EditSession(tiny_lite_pipe, record_dtype=torch.int8)
 
 
 def test_sparse_dit_step_on_a_one_layer_slice_of_the_full_size_config():
@@ -262,8 +257,8 @@ def test_session_runs_on_stable_audio_open_classes_at_tiny_size():
     assert session.last_edit["dense_steps"] == 1 and session.last_edit["sparse_steps"] == 1
 
 
-def test_bad_edit_requests_name_the_fix(tiny_pipe):
-    session = EditSession(tiny_pipe, steps=2)
+def test_bad_edit_requests_name_the_fix(tiny_lite_pipe):
+    session = EditSession(tiny_lite_pipe, steps=2)
     with pytest.raises(RuntimeError, match="generate"):
         session.edit(0.1, 0.2)
     with pytest.raises(RuntimeError, match="undo"):
@@ -282,7 +277,7 @@ def test_bad_edit_requests_name_the_fix(tiny_pipe):
     ]:
         with pytest.raises(ValueError, match=match):
             session.edit(*args, **kwargs)
-    light = EditSession(tiny_pipe, steps=2, keep_kv=False)
+    light = EditSession(tiny_lite_pipe, steps=2, keep_kv=False)
     light.generate("music", seconds=0.6)
     with pytest.raises(ValueError, match="keep_kv"):
         light.edit(0.1, 0.3, refresh_every=0)
@@ -290,15 +285,15 @@ def test_bad_edit_requests_name_the_fix(tiny_pipe):
         light.edit(0.1, 0.3, refresh_every=2, kv_correction=True)
     with pytest.raises(ValueError, match="refresh_every >= 1"):
         session.edit(0.1, 0.3, refresh_every=0, kv_correction=True)
-    original = tiny_pipe.scheduler
+    original = tiny_lite_pipe.scheduler
     try:
         from diffusers import CosineDPMSolverMultistepScheduler
 
-        tiny_pipe.scheduler = CosineDPMSolverMultistepScheduler(**{**original.config, "sigma_max": 100.0})
+        tiny_lite_pipe.scheduler = CosineDPMSolverMultistepScheduler(**{**original.config, "sigma_max": 100.0})
         with pytest.raises(RuntimeError, match="changed"):
             session.edit(0.1, 0.3)
     finally:
-        tiny_pipe.scheduler = original
+        tiny_lite_pipe.scheduler = original
 
 
 @pytest.fixture(scope="module")

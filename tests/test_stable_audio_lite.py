@@ -18,9 +18,7 @@ from accelerando.models.stable_audio import build_stable_audio
 from accelerando.models.stable_audio_lite import (
     CONFIG_FILE,
     DIT_CHECKPOINT,
-    DIT_TINY_CONFIG,
     VAE_CHECKPOINT,
-    build_stable_audio_lite,
     diffusion_target,
     generate,
     load_stable_audio_lite,
@@ -31,20 +29,15 @@ from accelerando.models.stable_audio_conditioning import conditioning, max_secon
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe():
-    return build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG), sigma_data=0.7)
-
-
-@pytest.fixture(scope="module")
 def tiny_corpus():
     from accelerando.data import build_corpus, preset
 
     return build_corpus(preset("tiny", sample_rate=22050))
 
 
-def test_target_inverts_the_schedulers_preconditioning(tiny_pipe):
+def test_target_inverts_the_schedulers_preconditioning(tiny_lite_pipe):
     """A model that outputs the training target makes the scheduler's denoised estimate exact."""
-    sched = tiny_pipe.scheduler
+    sched = tiny_lite_pipe.scheduler
     sigma_data = sched.config.sigma_data
     x0, noise = torch.randn(3, 4, 16) * sigma_data, torch.randn(3, 4, 16)
     sigma = torch.tensor([0.3, 2.0, 80.0])
@@ -75,24 +68,24 @@ def test_scaled_noise_range_samples_at_any_step_count(sigma_data):
         assert torch.isfinite(x).all()
 
 
-def test_conditioning_matches_the_pipeline(tiny_pipe):
+def test_conditioning_matches_the_pipeline(tiny_lite_pipe):
     prompts = ["a chorale in D major for brass at 90 BPM", "organ"]
-    states, mask = text_states(tiny_pipe, prompts)
+    states, mask = text_states(tiny_lite_pipe, prompts)
     start, end = torch.zeros(2), torch.tensor([0.5, 0.7])
-    cross, glob = conditioning(tiny_pipe, states, mask, start, end)
+    cross, glob = conditioning(tiny_lite_pipe, states, mask, start, end)
     with torch.no_grad():
-        ref_text = tiny_pipe.encode_prompt(prompts, torch.device("cpu"), False)
-        ref_start, ref_end = tiny_pipe.encode_duration(0.0, [0.5, 0.7], torch.device("cpu"), False, 2)
+        ref_text = tiny_lite_pipe.encode_prompt(prompts, torch.device("cpu"), False)
+        ref_start, ref_end = tiny_lite_pipe.encode_duration(0.0, [0.5, 0.7], torch.device("cpu"), False, 2)
     assert torch.allclose(cross, torch.cat([ref_text, ref_start, ref_end], dim=1), atol=1e-6)
     assert torch.allclose(glob, torch.cat([ref_start, ref_end], dim=2), atol=1e-6)
-    dropped, _ = conditioning(tiny_pipe, states, mask, start, end, drop=torch.tensor([True, False]))
+    dropped, _ = conditioning(tiny_lite_pipe, states, mask, start, end, drop=torch.tensor([True, False]))
     assert dropped[0].abs().sum() == 0 and torch.equal(dropped[1], cross[1])  # the pipeline's uncond input
 
 
-def test_generate_shapes_seed_and_bad_input(tiny_pipe):
-    longest = max_seconds(tiny_pipe)
-    audio, sr = generate(tiny_pipe, "a chorale in D major", seconds=0.5, steps=3, seed=1)
-    again, _ = generate(tiny_pipe, "a chorale in D major", seconds=0.5, steps=3, seed=1)
+def test_generate_shapes_seed_and_bad_input(tiny_lite_pipe):
+    longest = max_seconds(tiny_lite_pipe)
+    audio, sr = generate(tiny_lite_pipe, "a chorale in D major", seconds=0.5, steps=3, seed=1)
+    again, _ = generate(tiny_lite_pipe, "a chorale in D major", seconds=0.5, steps=3, seed=1)
     assert sr == 22050 and audio.shape == (1, 1, int(0.5 * 22050)) and np.isfinite(audio).all()
     assert np.array_equal(audio, again)
     for kwargs, match in [
@@ -103,7 +96,7 @@ def test_generate_shapes_seed_and_bad_input(tiny_pipe):
         (dict(prompt="music", seconds=0.5, steps=0), "at least 1"),
     ]:
         with pytest.raises(ValueError, match=match):
-            generate(tiny_pipe, **kwargs)
+            generate(tiny_lite_pipe, **kwargs)
 
 
 def test_full_size_architecture_runs_through_the_same_call():
@@ -137,22 +130,22 @@ def test_training_lowers_the_loss_and_checkpoint_round_trips(tmp_path, tiny_corp
         load_stable_audio_lite(tmp_path / "dit", tmp_path / "dit" / "autoencoder_tiny")
 
 
-def test_save_refuses_nothing_silently(tmp_path, tiny_pipe):
-    vae_dir = save_autoencoder_lite(tiny_pipe.vae, tmp_path / "vae")
-    save_stable_audio_lite(tiny_pipe, tmp_path / "dit", vae_dir)
+def test_save_refuses_nothing_silently(tmp_path, tiny_lite_pipe):
+    vae_dir = save_autoencoder_lite(tiny_lite_pipe.vae, tmp_path / "vae")
+    save_stable_audio_lite(tiny_lite_pipe, tmp_path / "dit", vae_dir)
     loaded = load_stable_audio_lite(tmp_path / "dit", vae_dir)
-    for (name, p), (_, q) in zip(tiny_pipe.transformer.state_dict().items(), loaded.transformer.state_dict().items()):
+    for (name, p), (_, q) in zip(tiny_lite_pipe.transformer.state_dict().items(), loaded.transformer.state_dict().items()):
         assert torch.equal(p.half().float(), q), name  # fp16 storage
     assert loaded.scheduler.config.sigma_data == pytest.approx(0.7)
     assert loaded.scheduler.config.sigma_min == pytest.approx(0.3 * 0.7, abs=1e-5)  # the published range, scaled
 
 
-def test_cli_generates_a_file(tmp_path, tiny_pipe):
+def test_cli_generates_a_file(tmp_path, tiny_lite_pipe):
     from accelerando.audio import load_audio
     from accelerando.models.__main__ import main
 
-    vae_dir = save_autoencoder_lite(tiny_pipe.vae, tmp_path / "vae")
-    save_stable_audio_lite(tiny_pipe, tmp_path / "dit", vae_dir)
+    vae_dir = save_autoencoder_lite(tiny_lite_pipe.vae, tmp_path / "vae")
+    save_stable_audio_lite(tiny_lite_pipe, tmp_path / "dit", vae_dir)
     out = tmp_path / "x.wav"
     main(["generate", "--weights", str(tmp_path / "dit"), "--autoencoder", str(vae_dir), "--prompt", "a chorale",
           "--seconds", "0.5", "--steps", "2", "--out", str(out)])
