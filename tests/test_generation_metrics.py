@@ -91,3 +91,46 @@ def test_chroma_correlation_tracks_pitch_content():
     c, c_again, f_sharp = chord([60, 64, 67]), chord([48, 64, 79]), chord([66, 70, 73])
     assert chroma_correlation(c, c_again, SR) > 0.8
     assert chroma_correlation(c, f_sharp, SR) < 0.3
+
+
+def test_pulse_is_strong_at_the_clicks_tempo_only_and_onsets_are_counted():
+    from accelerando.metrics.rhythm import beat_pulse, onset_density
+
+    track = clicks(120.0, seconds=8.0)
+    assert beat_pulse(track, SR, 120.0) > 0.6
+    assert beat_pulse(track, SR, 120.0 * 1.37) < 0.2
+    noise = torch.randn(1, 8 * SR, generator=torch.Generator().manual_seed(0)) * 0.1
+    assert abs(beat_pulse(noise, SR, 120.0)) < 0.2
+    with pytest.raises(ValueError, match="silent"):
+        beat_pulse(torch.zeros(1, 8 * SR), SR, 120.0)
+    assert onset_density(track, SR) == pytest.approx(2.0, abs=0.3)  # two clicks a second
+    with pytest.raises(ValueError, match="positive"):
+        beat_pulse(track, SR, 0.0)
+
+
+def test_baselines_read_a_generator_against_clips_noise_and_shuffled_prompts(tmp_path):
+    from accelerando.metrics.generation import board, score_with_baselines, shuffled_order
+
+    class Clip:
+        def __init__(self, i, bpm):
+            self.caption, self.key, self.tempo_bpm, self.sample_rate = f"clip {i} at {bpm} BPM", {"name": "C major"}, bpm, SR
+            self.audio = clicks(bpm, seconds=6.0)[0].numpy()
+
+        def load(self):
+            return self.audio
+
+    clips = [Clip(i, bpm) for i, bpm in enumerate([80, 100, 120, 140])]
+    by_caption = {c.caption: torch.from_numpy(c.audio)[None] for c in clips}
+    embedders = {"mel-stats": get_embedding("mel-stats")}
+    reference = embed_set([torch.from_numpy(c.audio)[None] for c in clips], SR, embedders)
+    # a perfect generator: the clip its caption describes
+    per_clip, summary = score_with_baselines({"copy": lambda prompts: [by_caption[p] for p in prompts]}, clips, SR, 6.0,
+                                             reference, embedders)
+    assert list(summary) == ["copy", "shuffled prompts", "corpus clips", "noise"]
+    assert summary["copy"]["pulse"].value == pytest.approx(summary["corpus clips"]["pulse"].value)
+    assert summary["copy"]["pulse"].value > summary["shuffled prompts"]["pulse"].value + 0.3
+    assert summary["noise"]["pulse"].value < 0.2
+    assert board(summary).loc["copy", "tempo Acc2"].startswith("1.00")
+    assert (shuffled_order(5, seed=3) != np.arange(5)).all()
+    with pytest.raises(ValueError, match="shorter"):
+        score_with_baselines({"short": lambda p: [torch.zeros(1, SR)] * len(p)}, clips, SR, 6.0, reference, embedders)

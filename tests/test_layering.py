@@ -14,7 +14,7 @@ LIB = Path(__file__).resolve().parents[1] / "lib" / "accelerando"
 
 # lowest first; modules in one layer may import each other
 LAYERS: list[set[str]] = [
-    {"__init__", "__main__", "audio", "music", "machine", "checkpoint", "record", "players"},
+    {"__init__", "__main__", "audio", "music", "musical_controls", "machine", "checkpoint", "record", "players"},
     {"data"},
     {"models"},
     {"metrics"},

@@ -3,12 +3,14 @@ steps lowering the loss, checkpoints and bad input."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from accelerando.models.autoencoder_lite import AUTOENCODER_TINY_CONFIG, build_autoencoder_lite, save_autoencoder_lite
 from accelerando.models.codec_lite import LatentCodec, ResidualVQ, save_codec_lite
 from accelerando.models.latent_grouping import latent_channels
+from accelerando.musical_controls import CONTROL_CHANNELS
 from accelerando.models.musicgen_lite import (
     TINY_CONFIG,
     MusicGenLite,
@@ -123,6 +125,9 @@ def tiny_codec_dir(tmp_path_factory):
     return root
 
 
+FRAME_RATE = 22050 / 1024  # the tiny codec's frame rate
+
+
 def synthetic_tokens(n: int, frames: int, seed: int) -> dict:
     """Codes that follow their caption: clip i counts up from its offset, one step per frame."""
     g = torch.Generator().manual_seed(seed)
@@ -132,7 +137,48 @@ def synthetic_tokens(n: int, frames: int, seed: int) -> dict:
     states = torch.zeros(n, 4, 8)
     states[torch.arange(n), 0, offset % 8] = 1.0
     return {"codes": codes, "states": states.half(), "mask": torch.ones(n, 4, dtype=torch.long),
-            "captions": [f"clip {i}" for i in range(n)]}
+            "captions": [f"clip {i}" for i in range(n)], "controls": torch.zeros(n, CONTROL_CHANNELS, frames)}
+
+
+def beat_tokens(n: int, frames: int, seed: int) -> dict:
+    """Codes that follow a beat grid the caption does not state: codebook 0 is 1 on the frame a beat
+    starts in and 0 elsewhere, at a tempo drawn per clip (every 3 to 6 frames); codebook 1 copies it."""
+    from accelerando.musical_controls import MusicalControls, control_features
+
+    g = np.random.default_rng(seed)
+    period = g.integers(3, 7, n)
+    phase = g.integers(0, 3, n)
+    controls = [MusicalControls(beats=tuple((phase[i] + np.arange(0, frames, period[i])) / FRAME_RATE))
+                for i in range(n)]
+    features = torch.from_numpy(control_features(controls, frames, FRAME_RATE))
+    beat = features[:, 4].long()
+    return {"codes": torch.stack([beat, beat], 1), "states": torch.zeros(n, 4, 8).half(),
+            "mask": torch.ones(n, 4, dtype=torch.long), "captions": [f"clip {i}" for i in range(n)],
+            "controls": features}
+
+
+def test_controls_carry_the_beat_the_text_does_not(tiny_codec_dir, tmp_path):
+    from accelerando.models.codec_lite import load_codec_lite
+    from accelerando.train.musicgen_lite import MusicGenLiteTrainingConfig, train
+
+    codec = load_codec_lite(tiny_codec_dir / "codec", tiny_codec_dir / "vae")
+    assert codec.frame_rate == pytest.approx(FRAME_RATE)
+    data = {"codec": codec, "train": beat_tokens(64, 24, 0), "val": beat_tokens(16, 24, 1)}
+    best = {}
+    for controls in (False, True):
+        cfg = MusicGenLiteTrainingConfig(codec=str(tiny_codec_dir / "codec"), out=str(tmp_path / f"lm{controls}"),
+                                         max_steps=100, batch_size=8, accumulate=1, lr=3e-3, hidden_size=32, layers=2,
+                                         heads=2, ffn_size=64, dropout=0.0, ema_decay=0.8, val_every=50, sample_every=0,
+                                         threads=1, controls=controls, control_dropout=0.0, cond_dropout=0.0)
+        best[controls] = train(cfg, data=data, log_fn=lambda *a: None)["best"]["val_nll"]
+    # without controls the beat is guessable only from the codes before it; with them, from the features
+    assert best[True] < 0.5 * best[False], best
+    model = load_musicgen_lite(tmp_path / "lmTrue", tiny_codec_dir / "codec")
+    assert model.config.control_channels == CONTROL_CHANNELS
+    with pytest.raises(ValueError, match="without them"):
+        load_musicgen_lite(tmp_path / "lmFalse", tiny_codec_dir / "codec")(
+            torch.zeros(1, 2, 3, dtype=torch.long), torch.zeros(1, 4, 8), torch.ones(1, 4, dtype=torch.long),
+            controls=torch.zeros(1, CONTROL_CHANNELS, 3))
 
 
 @pytest.mark.parametrize("variant,pattern", [("a", "delay"), ("b", "delay"), ("a", "flatten")])

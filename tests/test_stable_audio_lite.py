@@ -28,13 +28,6 @@ from accelerando.models.stable_audio_lite import (
 from accelerando.models.stable_audio_conditioning import conditioning, max_seconds, text_states
 
 
-@pytest.fixture(scope="module")
-def tiny_corpus():
-    from accelerando.data import build_corpus, preset
-
-    return build_corpus(preset("tiny", sample_rate=22050))
-
-
 def test_target_inverts_the_schedulers_preconditioning(tiny_lite_pipe):
     """A model that outputs the training target makes the scheduler's denoised estimate exact."""
     sched = tiny_lite_pipe.scheduler
@@ -163,3 +156,31 @@ def test_committed_checkpoints_generate_music():
     audio, sr = generate(pipe, "a chorale in D major for brass at 90 BPM", seconds=2.0, steps=8)
     rms = float(np.sqrt(np.mean(audio**2)))
     assert audio.shape == (1, 1, 2 * sr) and np.isfinite(audio).all() and 1e-3 < rms < 1.0
+
+
+def test_control_adapter_steers_generation_saves_and_unhooks(tmp_path):
+    from accelerando.models.stable_audio_lite import DIT_TINY_CONFIG, build_stable_audio_lite
+    from accelerando.musical_controls import MusicalControls
+
+    pipe = build_stable_audio_lite(DIT_TINY_CONFIG, vae=build_autoencoder_lite(AUTOENCODER_TINY_CONFIG),
+                                   sigma_data=0.7, controls=True)
+    prompt = "a chorale in D major at 120 BPM, in 3/4"
+    untrained = generate(pipe, prompt, seconds=0.5, steps=2, output_type="latent")[0]
+    assert torch.equal(untrained, generate(pipe, prompt, seconds=0.5, steps=2, output_type="latent", controls=None)[0])
+    with torch.no_grad():  # an adapter whose last layer is no longer zero moves the output ...
+        pipe.control_adapter.net[-1].weight.normal_(std=0.5)
+    steered = generate(pipe, prompt, seconds=0.5, steps=2, output_type="latent")[0]
+    assert not torch.allclose(steered, untrained)
+    # ... and only while generating: the hook is gone afterwards
+    assert not pipe.transformer._forward_pre_hooks
+    slower = [MusicalControls.from_caption(prompt.replace("120", "60"), 0.5)]
+    assert not torch.allclose(generate(pipe, prompt, seconds=0.5, steps=2, output_type="latent", controls=slower)[0],
+                              steered)
+    with pytest.raises(ValueError, match="one MusicalControls"):
+        generate(pipe, prompt, seconds=0.5, steps=2, controls=[None, None])
+
+    vae_dir = save_autoencoder_lite(pipe.vae, tmp_path / "vae")
+    save_stable_audio_lite(pipe, tmp_path / "dit", vae_dir)
+    loaded = load_stable_audio_lite(tmp_path / "dit", vae_dir)
+    for (name, p), (_, q) in zip(pipe.control_adapter.state_dict().items(), loaded.control_adapter.state_dict().items()):
+        assert torch.equal(p.half().float(), q), name

@@ -99,13 +99,6 @@ def test_default_precision_follows_amx(monkeypatch):
 # -- Stable-Audio-Lite DiT --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_corpus():
-    from accelerando.data import build_corpus, preset
-
-    return build_corpus(preset("tiny", sample_rate=22050))
-
-
 def test_dit_stopped_and_resumed_equals_one_run(tiny_corpus, tmp_path):
     from accelerando.train.dit import DiTTrainingConfig, train
 

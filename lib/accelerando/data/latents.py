@@ -80,13 +80,16 @@ class CropSettings(Protocol):
 
 
 def make_batch(latents: torch.Tensor, silence: torch.Tensor, idx: np.ndarray, crop: CropSettings,
-               frames_per_second: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               frames_per_second: float, rng: np.random.Generator, *aligned: torch.Tensor
+               ) -> tuple[torch.Tensor, ...]:
     """Clean latents [B, C, F] and seconds_start / seconds_end [B] (seconds) of clips `idx` of
     `latents` [N, C, F], each with probability `crop.crop_prob` cut to a random window of
     `crop.min_crop_seconds` or more, placed at the start and padded with `silence` [C] (the latent
-    of silence): Stable Audio's timing conditioning."""
+    of silence): Stable Audio's timing conditioning. Each `aligned` tensor [N, D, F] (frame
+    features of the same clips) is cut the same way, padded with zeros, and returned after them."""
     frames = latents.shape[-1]
     x0 = latents[idx].clone()
+    extra = [a[idx].clone() for a in aligned]
     start = torch.zeros(len(idx))
     end = torch.full((len(idx),), frames / frames_per_second)
     min_frames = max(1, min(frames, round(crop.min_crop_seconds * frames_per_second)))
@@ -96,5 +99,8 @@ def make_batch(latents: torch.Tensor, silence: torch.Tensor, idx: np.ndarray, cr
             offset = int(rng.integers(0, frames - length + 1))
             x0[row] = silence[:, None]
             x0[row, :, :length] = latents[i, :, offset : offset + length]
+            for a, out in zip(aligned, extra):
+                out[row] = 0
+                out[row, :, :length] = a[i, :, offset : offset + length]
             start[row], end[row] = offset / frames_per_second, (offset + length) / frames_per_second
-    return x0, start, end
+    return (x0, start, end, *extra)

@@ -7,7 +7,12 @@ trained on them should reproduce both. Per clip:
   parallel, else 0) of the audio's estimated key against the prompt's key;
 - tempo: the tempo of the project's beat tracker (`rhythm.track_beats`), scored as Acc1 (within 8 %
   of the prompt's BPM) and Acc2 (within 8 % of the BPM or of a double, half, triple or third of
-  it, the usual allowance for metrical level).
+  it, the usual allowance for metrical level);
+- pulse: the onset envelope's autocorrelation at the lag of one beat at the prompt's BPM
+  (`rhythm.beat_pulse`), which a beat tracker's tempo does not show: whether there is a beat at
+  all, and at the asked tempo;
+- onsets per second (`rhythm.onset_density`), whatever the prompt: note attacks, which sustained
+  texture lacks.
 
 Chapter 2 validates both estimators on clips with known truth, which bounds how much adherence
 any model can show through them; `evaluate_beat_tracker` scores any beat tracker the same way.
@@ -21,7 +26,7 @@ import numpy as np
 import torch
 
 from .analysis import analysis_signal
-from .rhythm import BEAT_TOLERANCE, TEMPO_TOLERANCE, track_beats
+from .rhythm import BEAT_TOLERANCE, TEMPO_TOLERANCE, beat_pulse, onset_density, track_beats
 from .tonal import key_score
 
 METRICAL_LEVELS = (1.0, 2.0, 0.5, 3.0, 1 / 3)
@@ -46,14 +51,16 @@ def tempo_accuracy(estimate: float | None, truth: float, tolerance: float = TEMP
 
 
 def prompt_adherence(wav: torch.Tensor, sr: int, key: str | None, bpm: float | None, *, name: str = "clip") -> dict:
-    """{"key_mirex", "tempo_bpm", "tempo_acc1", "tempo_acc2"} of one clip against the key and BPM
-    its prompt states (either may be None when the prompt does not state it)."""
-    row: dict = {"key_mirex": None, "tempo_bpm": None, "tempo_acc1": None, "tempo_acc2": None}
+    """{"key_mirex", "tempo_bpm", "tempo_acc1", "tempo_acc2", "pulse", "onsets_per_s"} of one clip
+    against the key and BPM its prompt states (either may be None when the prompt does not state it)."""
+    row: dict = {"key_mirex": None, "tempo_bpm": None, "tempo_acc1": None, "tempo_acc2": None, "pulse": None}
     if key is not None:
         row["key_mirex"] = key_score(wav, sr, key, name=name)
     if bpm is not None:
         row["tempo_bpm"] = estimate_tempo(wav, sr, name=name)
         row["tempo_acc1"], row["tempo_acc2"] = tempo_accuracy(row["tempo_bpm"], bpm)
+        row["pulse"] = beat_pulse(wav, sr, bpm, name=name)
+    row["onsets_per_s"] = onset_density(wav, sr, name=name)
     return row
 
 

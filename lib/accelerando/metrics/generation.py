@@ -4,16 +4,21 @@
     rows, summary = score_generation(wavs, sr, prompts, keys, bpms, vectors, embedders, clap=clap)
 
 Per clip (`rows`): the CLAP score of clip and prompt (`text_audio.clap_score`, when a text-audio
-model is given) and the key and tempo adherence to what the prompt states (`adherence`). Per set
+model is given), the key, tempo and pulse adherence to what the prompt states and the onset
+density (`adherence`). Per set
 (`summary`): KAD against the reference set in each embedding (one vector per clip, the mean over
 its windows, so that vectors are independent draws), and the mean of every per-clip column with a
 bootstrap interval. Scoring real clips, a shuffled-prompt generation or noise with the same call
-gives the baselines a model is read against.
+gives the baselines a model is read against; `score_with_baselines` does all of that for any
+text-to-audio generators on held-out corpus clips:
+
+    per_clip, summary = score_with_baselines({"Stable-Audio-Lite": fn}, test_clips, sr, 8.0, vectors, embedders, clap)
+    board(summary)                                         # one row per set, "mean [low, high]"
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +29,7 @@ from .embeddings import Embedding
 from .stats import bootstrap_ci
 from .text_audio import clap_score
 
-PER_CLIP = ("clap", "key_mirex", "tempo_acc1", "tempo_acc2")
+PER_CLIP = ("clap", "key_mirex", "tempo_acc1", "tempo_acc2", "pulse", "onsets_per_s")
 
 
 def embed_set(wavs: Sequence[torch.Tensor], sr: int, embedders: dict[str, Embedding]) -> dict[str, np.ndarray]:
@@ -74,3 +79,83 @@ def score_generation(
         if frame[column].notna().any():
             summary[column] = bootstrap_ci(list(frame[column]), seed=seed)
     return frame, summary
+
+
+def clip_audio(clip, sr: int, seconds: float) -> torch.Tensor:
+    """A corpus clip's first `seconds`, mono at `sr`: [1, samples] float32."""
+    from ..audio import resample
+
+    a = np.asarray(clip.load(), dtype=np.float32)
+    wav = torch.from_numpy(a.mean(axis=1) if a.ndim == 2 else a)[None]
+    if clip.sample_rate != sr:
+        wav = resample(wav, clip.sample_rate, sr)
+    return wav[..., : int(round(seconds * sr))]
+
+
+def shuffled_order(n: int, seed: int = 0) -> np.ndarray:
+    """A seeded permutation of range(n) with no fixed point (n >= 2): prompt i is swapped for another."""
+    if n < 2:
+        raise ValueError(f"{n} prompt(s): shuffling needs at least two")
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n)
+        if (order != np.arange(n)).all():
+            return order
+
+
+def score_with_baselines(
+    generators: dict[str, Callable[[list[str]], Sequence[torch.Tensor]]],
+    clips: Sequence,
+    sr: int,
+    seconds: float,
+    reference: dict[str, np.ndarray],
+    embedders: dict[str, Embedding],
+    clap=None,
+    shuffled: str | None = None,
+    seed: int = 0,
+) -> tuple[dict, dict]:
+    """Score text-to-audio generators on the captions of held-out corpus `clips`, beside the
+    baselines they are read against: the clips themselves ("corpus clips"), white noise at the
+    clips' loudness ("noise") and, for the generator named `shuffled` (default the first), its
+    output for the captions in a shuffled order, scored against the original captions ("shuffled
+    prompts": what the score is when the prompt does not steer).
+
+    `generators[name](captions)` returns one [channels, samples] clip per caption at `sr`, at
+    least `seconds` long. Returns ({set: per-clip DataFrame}, {set: {column: Estimate}}) as
+    `score_generation` gives them, for sets in the order generators..., shuffled, clips, noise."""
+    if not generators:
+        raise ValueError("no generators to score: pass {name: captions -> clips}")
+    prompts = [c.caption for c in clips]
+    keys = [c.key["name"] if c.key else None for c in clips]
+    bpms = [float(c.tempo_bpm) if c.tempo_bpm else None for c in clips]
+    n = int(round(seconds * sr))
+    real = [clip_audio(c, sr, seconds) for c in clips]
+    sets = {name: fn(prompts) for name, fn in generators.items()}
+    shuffled = shuffled or next(iter(generators))
+    order = shuffled_order(len(prompts), seed)
+    sets["shuffled prompts"] = list(generators[shuffled]([prompts[i] for i in order]))
+    sets["corpus clips"] = real
+    g = torch.Generator().manual_seed(seed)
+    sets["noise"] = [torch.randn(1, n, generator=g) * w.pow(2).mean().sqrt().clamp(min=1e-4) for w in real]
+    per_clip, summary = {}, {}
+    for name, wavs in sets.items():
+        wavs = [torch.as_tensor(np.asarray(w, dtype=np.float32))[..., :n] for w in wavs]
+        short = [i for i, w in enumerate(wavs) if w.shape[-1] < n]
+        if short:
+            raise ValueError(f"{name}: clips {short[:5]} are shorter than {seconds} s; generate at least that long")
+        per_clip[name], summary[name] = score_generation(wavs, sr, prompts, keys, bpms, reference, embedders,
+                                                         clap=clap, seed=seed)
+    return per_clip, summary
+
+
+COLUMNS = {"clap": "CLAP score", "pulse": "pulse at the beat lag", "tempo_acc2": "tempo Acc2",
+           "key_mirex": "key (MIREX)", "onsets_per_s": "onsets per second"}
+
+
+def board(summary: dict, columns: dict[str, str] | None = None, digits: int = 2):
+    """A DataFrame of `score_with_baselines`'s summary: one row per set, "mean [low, high]" per column."""
+    import pandas as pd
+
+    columns = columns or {**COLUMNS, **{c: f"KAD {c[4:]}" for s in summary.values() for c in s if c.startswith("kad_")}}
+    return pd.DataFrame({name: {label: s[col].text(digits) if col in s else "undefined" for col, label in columns.items()}
+                         for name, s in summary.items()}).T

@@ -1,4 +1,5 @@
-"""Rhythm: Beat Consistency Score (local tempo stability), the project's beat tracker, beat F-measure.
+"""Rhythm: Beat Consistency Score (local tempo stability), pulse at a tempo, onset density, the
+project's beat tracker, beat F-measure.
 
 librosa's global beat tracker fits one tempo to the whole clip and so hides drift; for the Beat
 Consistency Score tempo is estimated locally, frame by frame, from a windowed autocorrelation of
@@ -72,6 +73,37 @@ def beat_consistency(wav: torch.Tensor, sr: int, *, window_seconds: float = WIND
                                                    f"spanning {span:.1f} s of {wav.shape[-1] / sr:.1f} s")
     _, tau = _tempo_curve(env, window_seconds)
     return float(max(0.0, 1.0 - tau.std() / tau.mean()))
+
+
+def beat_pulse(wav: torch.Tensor, sr: int, bpm: float, *, name: str = "clip") -> float:
+    """Strength of a pulse at `bpm`: the autocorrelation of the mean-removed onset envelope at the
+    lag of one beat (interpolated between onset frames), over its value at lag 0; in [-1, 1].
+    Music with a beat at that tempo scores well above 0 (the corpus's clips about 0.6), noise about
+    0; a flat envelope scores 0 and silence is refused, as by every metric here. The envelope is normalised away, so any periodic
+    ripple counts: a synthetic chord of pure sines, whose beating partials ripple the flux, can
+    score high; read it beside the same score at other tempi (shuffled prompts) and for noise."""
+    import librosa
+
+    if not bpm > 0:
+        raise ValueError(f"bpm={bpm}: the tempo must be positive")
+    env = onset_envelope(analysis_signal(wav, sr, name=name))
+    env = env - env.mean()
+    lag = 60.0 / bpm * ANALYSIS_SR / HOP
+    if int(lag) + 1 >= len(env):
+        raise ValueError(f"{name}: {len(env) * HOP / ANALYSIS_SR:.2f} s holds no full beat at {bpm} BPM")
+    ac = librosa.autocorrelate(env)
+    if ac[0] <= 0:
+        return 0.0
+    return float(np.interp(lag, np.arange(len(ac)), ac) / ac[0])
+
+
+def onset_density(wav: torch.Tensor, sr: int, *, name: str = "clip") -> float:
+    """Detected note onsets per second (librosa's peak picking on the onset envelope)."""
+    import librosa
+
+    env = onset_envelope(analysis_signal(wav, sr, name=name))
+    onsets = librosa.onset.onset_detect(onset_envelope=env, sr=ANALYSIS_SR, hop_length=HOP)
+    return float(len(onsets) / (wav.shape[-1] / sr))
 
 
 def estimate_beats(wav: torch.Tensor, sr: int, *, name: str = "clip") -> np.ndarray:

@@ -46,6 +46,12 @@ class Estimate:
     def to_dict(self) -> dict:
         return json_safe(asdict(self))
 
+    def text(self, digits: int = 2) -> str:
+        """'value [low, high]' (just the value when there is no interval)."""
+        if self.ci_low is None or self.ci_high is None:
+            return f"{self.value:.{digits}f}"
+        return f"{self.value:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+
 
 def require_finite(value: float, what: str) -> float:
     """Return `value` as float, raising ValueError if it is NaN (infinities pass: SI-SDR uses +inf)."""

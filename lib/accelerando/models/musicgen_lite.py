@@ -43,6 +43,7 @@ from transformers import MusicgenDecoderConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.musicgen.modeling_musicgen import MusicgenDecoderLayer, MusicgenSinusoidalPositionalEmbedding
 
+from ..musical_controls import MusicalControls, control_features
 from .codec_lite import TokenCodec
 from .patterns import PATTERNS, delay_pattern, flatten_pattern, sequence_steps, undelay_pattern, unflatten_pattern
 
@@ -63,6 +64,7 @@ class MusicGenLiteConfig:
     max_frames: int = 215  # the longest sequence trained on (10 s); longer generation is refused
     dropout: float = 0.1
     pattern: str = "delay"  # codebook pattern: "delay" (K tokens per step) or "flatten" (one token per step)
+    control_channels: int = 0  # musical-control frame features added to the inputs (0: none)
 
     def __post_init__(self):
         if self.variant not in VARIANTS:
@@ -120,6 +122,11 @@ class MusicGenLite(nn.Module):
         self.layer_norm = nn.LayerNorm(d)
         self.lm_heads = nn.ModuleList(nn.Linear(d, config.codebook_size, bias=False) for _ in range(config.codebooks))
         self.apply(self._init)
+        if config.control_channels:
+            # beat, metre and key features of the frame a step predicts (`accelerando.musical_controls`);
+            # zero at the start, so the untrained path changes nothing
+            self.control_proj = nn.Linear(config.control_channels, d)
+            nn.init.zeros_(self.control_proj.weight)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -153,13 +160,15 @@ class MusicGenLite(nn.Module):
 
     def forward(self, inputs: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
                 prompt_codes: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
-                cache=None, past_steps: int = 0) -> torch.Tensor:
+                cache=None, past_steps: int = 0, controls: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, K, S, codebook_size] for the next token of every codebook at each of the S
         input steps `inputs` [B, K, S] (delayed layout, shifted right by the special token).
 
         text_states [B, L, text_dim], text_mask [B, L] (1 = token); prompt_codes [B, K, P] (model B).
         With a `cache` (from `new_cache`), `inputs` are the steps after the `past_steps` already
-        in it; model A's text prefix is fed with the first call (past_steps == 0) only."""
+        in it; model A's text prefix is fed with the first call (past_steps == 0) only.
+        controls [B, control_channels, steps >= past_steps + S]: frame features per step
+        (`step_controls`), for a model with control_channels; None: uncontrolled (zeros)."""
         if inputs.ndim != 3 or inputs.shape[1] != self.config.streams:
             raise ValueError(f"inputs of shape {tuple(inputs.shape)}: expected [batch, {self.config.streams}, steps] "
                              f"({self.config.pattern} pattern)")
@@ -170,6 +179,10 @@ class MusicGenLite(nn.Module):
         # audio steps take positions 0.. whatever the prompt's length, so text padding changes nothing;
         # the text prefix adds none (MiniLM's states already carry word order)
         x = x + self.embed_positions.weights[past_steps:past_steps + s].to(x.dtype)
+        if controls is not None:
+            if not self.config.control_channels:
+                raise ValueError("controls given to a model trained without them (control_channels=0): pass controls=None")
+            x = x + self.control_proj(controls[:, :, past_steps:past_steps + s].transpose(1, 2).to(x.dtype))
         memory = None
         if self.config.variant == "a":
             if past_steps == 0:
@@ -234,6 +247,15 @@ def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Training inputs and loss
 # ---------------------------------------------------------------------------------------------
+
+
+def step_controls(features: torch.Tensor, codebooks: int, pattern: str = "delay") -> torch.Tensor:
+    """Frame features [B, F, T] -> per decoding step [B, F, steps]: the features of the frame a
+    step predicts (delay: step t predicts codebook 0 of frame t, the last K - 1 steps get zeros;
+    flatten: step s predicts a code of frame s // K)."""
+    if pattern == "flatten":
+        return features.repeat_interleave(codebooks, dim=-1)
+    return nn.functional.pad(features, (0, codebooks - 1))
 
 
 def inputs_and_labels(codes: torch.Tensor, special: int, pattern: str = "delay") -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,7 +346,7 @@ def generate(model: MusicGenLite, text_states: torch.Tensor, text_mask: torch.Te
              prompt_codes: torch.Tensor | None = None, continuation: torch.Tensor | None = None,
              guidance: float = 3.0, temperature: float = 1.0, top_k: int = 250, top_p: float = 0.0,
              seed: int | None = 0, use_cache: bool = True, frame_rate: float = 21.533,
-             ) -> tuple[torch.Tensor, GenerationStats]:
+             controls: torch.Tensor | None = None) -> tuple[torch.Tensor, GenerationStats]:
     """Sample codes [B, K, frames]: in the delay pattern one step per frame plus K - 1, flattened
     one step per code (frames x K).
 
@@ -333,7 +355,9 @@ def generate(model: MusicGenLite, text_states: torch.Tensor, text_mask: torch.Te
     output starts with (MusicGen's audio-prompt mode, either model), returned as its first C frames.
     guidance: CFG weight (1 = conditional only; otherwise both branches run as one batch of 2B).
     use_cache: the KV-cached loop, one step per forward; without it every step re-runs the whole
-    sequence (the same logits, tests check it; kept to measure what the cache buys)."""
+    sequence (the same logits, tests check it; kept to measure what the cache buys).
+    controls [B, F, frames]: musical-control frame features (models with control_channels); the
+    unconditional rows of guidance get none, as in training."""
     cfg = model.config
     if frames < 1:
         raise ValueError(f"frames={frames}: generate at least one frame")
@@ -347,6 +371,11 @@ def generate(model: MusicGenLite, text_states: torch.Tensor, text_mask: torch.Te
     steps = forced.shape[-1]
     guided = guidance != 1.0
     states, mask, prompt, pmask = condition_rows(text_states, text_mask, prompt_codes, guided)
+    if controls is not None:
+        controls = step_controls(controls[..., :frames], k, cfg.pattern)
+        controls = nn.functional.pad(controls, (0, max(0, steps - controls.shape[-1])))
+        if guided:
+            controls = torch.cat([controls, torch.zeros_like(controls)])
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     model.eval()
     out = forced.clone()
@@ -365,10 +394,12 @@ def generate(model: MusicGenLite, text_states: torch.Tensor, text_mask: torch.Te
         if use_cache:
             s0, s1 = (0, prefill + 1) if step == 0 and prefill else (step, step + 1)
             x = inputs[:, :, s0:s1]
-            logits = model(_rows(x, guided), states, mask, prompt, pmask, cache=cache, past_steps=s0)[:, :, -1]
+            logits = model(_rows(x, guided), states, mask, prompt, pmask, cache=cache, past_steps=s0,
+                           controls=controls)[:, :, -1]
             step = s1 - 1
         else:
-            logits = model(_rows(inputs[:, :, :step + 1], guided), states, mask, prompt, pmask)[:, :, -1]
+            logits = model(_rows(inputs[:, :, :step + 1], guided), states, mask, prompt, pmask,
+                           controls=controls)[:, :, -1]
         if guided:
             logits = cfg_logits(logits[:b], logits[b:], guidance)
         token = sample_logits(logits, temperature, top_k, top_p, gen)  # [B, streams]
@@ -577,12 +608,15 @@ class MusicGenLitePipeline:
     def __call__(self, prompts, seconds: float = 8.0, audio_prompt: torch.Tensor | None = None,
                  audio_prompt_sr: int | None = None, guidance: float = 3.0, temperature: float = 1.0,
                  top_k: int = 250, top_p: float = 0.0, seed: int | None = 0, rerank: int = 1,
-                 use_cache: bool = True) -> tuple[torch.Tensor, dict]:
+                 use_cache: bool = True, controls: str | list | None = "caption") -> tuple[torch.Tensor, dict]:
         """Audio [B, 1, samples] of `seconds` for each prompt, and info (codes, stats, CLAP scores).
 
         audio_prompt: model B attends to its codes; model A continues from them (the returned audio
         is then the continuation only). rerank N > 1: N candidates per prompt, the one with the
-        highest CLAP-Lite score is returned."""
+        highest CLAP-Lite score is returned. controls (models trained with them; others ignore
+        it): "caption" follows the tempo, metre and key each prompt states, from the first
+        generated frame (`MusicalControls.from_caption`), a list gives one `MusicalControls` (or
+        None) per prompt, None generates from the text alone."""
         from .text_encoder import check_prompts
 
         prompts = check_prompts(prompts)
@@ -612,9 +646,17 @@ class MusicGenLitePipeline:
                                      f"{seconds} s of new audio leaves no room: ask for fewer seconds")
                 continuation = codes[..., -keep:]
         total = frames + (continuation.shape[-1] if continuation is not None else 0)
+        features = None
+        if self.model.config.control_channels and controls is not None:
+            if controls == "caption":
+                controls = [MusicalControls.from_caption(p, seconds) for p in prompts]
+            if isinstance(controls, str) or len(controls) != b:
+                raise ValueError(f"controls={controls!r}: use 'caption', None, or one MusicalControls (or None) per prompt")
+            new = torch.from_numpy(control_features(list(controls), frames, self.codec.frame_rate))
+            features = nn.functional.pad(new, (total - frames, 0)).repeat_interleave(n, 0)  # none over a continuation
         codes, stats = generate(self.model, states, mask, total, prompt_codes=prompt, continuation=continuation,
                                 guidance=guidance, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                use_cache=use_cache, frame_rate=self.codec.frame_rate)
+                                use_cache=use_cache, frame_rate=self.codec.frame_rate, controls=features)
         codes = codes[..., total - frames:]
         audio = self.codec.decode(codes)
         info = {"codes": codes, "stats": stats.to_dict(), "frames": frames}

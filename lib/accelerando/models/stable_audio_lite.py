@@ -28,6 +28,7 @@ latent c_skip * x + c_out * F. `diffusion_target` is the F that training regress
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -46,12 +47,14 @@ from diffusers import (
 from torch import nn
 
 from ..checkpoint import CHECKPOINTS, file_sha256, load_checked, save_fp16
+from ..musical_controls import MusicalControls, control_features
 from .autoencoder_lite import WEIGHTS_FILE as VAE_WEIGHTS_FILE
 from .autoencoder_lite import load_autoencoder_lite
 from .common import seeded_build
+from .control_adapter import MusicalControlAdapter, controls_applied
 from .latent_grouping import latent_channels
 from .stable_audio import SCHEDULER_CONFIG
-from .stable_audio_conditioning import check_prompts_fit, check_seconds
+from .stable_audio_conditioning import check_prompts_fit, check_seconds, max_seconds
 from .text_encoder import shared_text_encoder
 
 DIT_CHECKPOINT = CHECKPOINTS / "stable_audio_lite"
@@ -152,11 +155,14 @@ def build_stable_audio_lite(
     sigma_data: float = 1.0,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    controls: bool = False,
 ) -> StableAudioPipeline:
     """A stock `StableAudioPipeline` of Stable-Audio-Lite parts with random DiT/projection weights.
 
     `vae` defaults to the committed Lite autoencoder (`checkpoints/autoencoder_lite`); its latent
     channels must equal the DiT's in_channels. `sigma_data` goes into the scheduler config.
+    `controls`: also a `MusicalControlAdapter` as `pipe.control_adapter` (else None), which
+    `generate` applies with the beat, metre and key each prompt states.
     """
     dit_config = dict(DIT_LITE_CONFIG if dit_config is None else dit_config)
     vae = load_autoencoder_lite(VAE_CHECKPOINT) if vae is None else vae
@@ -178,9 +184,21 @@ def build_stable_audio_lite(
         scheduler=CosineDPMSolverMultistepScheduler(**scheduler_config(sigma_data)),
     )
     pipe.set_progress_bar_config(disable=True)
-    for module in (pipe.transformer, pipe.projection_model, pipe.vae):
+    with seeded_build(seed + 1, "cpu"):
+        pipe.control_adapter = MusicalControlAdapter(out_channels=dit_config["in_channels"]) if controls else None
+    for module in trained_parts(pipe).values():
         nn.Module.to(module, dtype=dtype)
+    nn.Module.to(pipe.vae, dtype=dtype)
     return pipe
+
+
+def trained_parts(pipe: StableAudioPipeline) -> nn.ModuleDict:
+    """The modules a Stable-Audio-Lite checkpoint holds: transformer, projection_model and, when the
+    pipeline has one, control_adapter (the text encoder and the autoencoder are their own)."""
+    parts = {"transformer": pipe.transformer, "projection_model": pipe.projection_model}
+    if getattr(pipe, "control_adapter", None) is not None:
+        parts["control_adapter"] = pipe.control_adapter
+    return nn.ModuleDict(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,14 +230,16 @@ TRAIN_COMMAND = "python -m accelerando.train.dit --out {path}"
 
 def save_stable_audio_lite(pipe: StableAudioPipeline, path: str | Path, vae_path: str | Path,
                            extra: dict | None = None) -> Path:
-    """Write the pipeline's transformer and projection (fp16) and a config.json naming the
-    autoencoder checkpoint they were trained on (its weights' SHA-256) and sigma_data."""
-    parts = nn.ModuleDict({"transformer": pipe.transformer, "projection_model": pipe.projection_model})
+    """Write the pipeline's `trained_parts` (fp16) and a config.json naming the autoencoder
+    checkpoint they were trained on (its weights' SHA-256) and sigma_data."""
+    parts = trained_parts(pipe)
+    adapter = parts["control_adapter"] if "control_adapter" in parts else None
     meta = {
         "class": "StableAudioLite",
         "format": FORMAT_VERSION,
         "transformer": {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")},
         "projection_model": {k: v for k, v in pipe.projection_model.config.items() if not k.startswith("_")},
+        **({"control_adapter": {k: v for k, v in adapter.config.items() if not k.startswith("_")}} if adapter else {}),
         "sigma_data": float(pipe.scheduler.config.sigma_data),
         "max_prompt_tokens": int(pipe.tokenizer.model_max_length),
         "autoencoder_sha256": file_sha256(Path(vae_path) / VAE_WEIGHTS_FILE),
@@ -262,9 +282,11 @@ def load_stable_audio_lite(
     pipe = build_stable_audio_lite(dit_config, vae=vae, sigma_data=meta["sigma_data"])
     if projection_config(dit_config) != {k: proj_config.get(k) for k in projection_config(dit_config)}:
         raise ValueError(f"{path / CONFIG_FILE}: projection config {proj_config} does not fit the DiT config. {fix}")
-    parts = nn.ModuleDict({"transformer": pipe.transformer, "projection_model": pipe.projection_model})
+    if "control_adapter" in meta:
+        pipe.control_adapter = MusicalControlAdapter(**meta["control_adapter"])
+    parts = trained_parts(pipe)
     load_checked(parts, path / WEIGHTS_FILE, fix)
-    for module in (pipe.transformer, pipe.projection_model, pipe.vae):
+    for module in (*parts.values(), pipe.vae):
         nn.Module.to(module, dtype=dtype).eval()
     return pipe
 
@@ -282,6 +304,7 @@ def generate(
     guidance_scale: float = 6.0,
     seed: int = 0,
     output_type: str = "np",
+    controls: str | list[MusicalControls | None] | None = "caption",
 ) -> tuple[np.ndarray | torch.Tensor, int]:
     """Text to audio through `StableAudioPipeline.__call__` (any preset, Lite or full size).
 
@@ -289,13 +312,28 @@ def generate(
     output_type="latent", the final latents [B, C, sample_size] instead. Bad input raises a
     ValueError naming the fix: empty or over-long prompts, `seconds` outside (0, max_seconds],
     steps < 1. The same `seed` gives the same audio.
+
+    `controls` (pipelines with a `control_adapter` only; others ignore it): "caption" follows the
+    tempo, metre and key each prompt states (`MusicalControls.from_caption`), a list gives one
+    `MusicalControls` (or None) per prompt, None generates from the text alone.
     """
     prompts = check_prompts_fit(pipe, prompt)
     seconds = check_seconds(pipe, seconds)
     if int(steps) < 1:
         raise ValueError(f"steps={steps}: use at least 1 denoising step")
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    with warnings.catch_warnings():
+    adapter = getattr(pipe, "control_adapter", None)
+    if adapter is None or controls is None:
+        applied = contextlib.nullcontext()
+    else:
+        if controls == "caption":
+            controls = [MusicalControls.from_caption(p, seconds) for p in prompts]
+        if isinstance(controls, str) or len(controls) != len(prompts):
+            raise ValueError(f"controls={controls!r}: use 'caption', None, or one MusicalControls (or None) per prompt")
+        frames = pipe.transformer.config.sample_size
+        features = torch.from_numpy(control_features(list(controls), frames, frames / max_seconds(pipe)))
+        applied = controls_applied(pipe.transformer, adapter, features)
+    with applied, warnings.catch_warnings():
         # torchsde's Brownian tree (the scheduler's SDE noise) warns when a step lands on the
         # interval's end in float rounding; harmless, and it would flood every call.
         warnings.filterwarnings("ignore", message="Should have", module="torchsde")

@@ -15,6 +15,12 @@ Recipe, after Stable Audio Open (Evans et al. 2024, arXiv:2407.14358, section 3)
   time), plain MSE on the network output.
 - Classifier-free guidance: `cfg_dropout` of the rows get an all-zero cross-attention input, which
   is what `StableAudioPipeline` feeds as the unconditional branch.
+- Musical controls (`controls=True`): each clip's annotated beats, downbeats and key as frame
+  features (`accelerando.musical_controls`) through a `MusicalControlAdapter` into the DiT's input,
+  cut with the latents when a clip is cropped. Rows dropped for guidance lose their controls too
+  (the unconditional branch has none); of the rest, `control_dropout` lose the beat channels and,
+  independently, the key channels, so that a prompt stating only one of them is in the training
+  distribution.
 - AdamW, linear warm-up then cosine decay over the wall-clock budget, gradient clipping, and an
   exponential moving average of the weights, which is what is saved and sampled.
 
@@ -52,8 +58,10 @@ from ..models.stable_audio_lite import (
     build_stable_audio_lite,
     diffusion_target,
     save_stable_audio_lite,
+    trained_parts,
 )
 from ..models.stable_audio_conditioning import conditioning, rotary, text_states
+from ..musical_controls import MusicalControls, control_features, drop_controls
 
 
 @dataclass
@@ -74,6 +82,8 @@ class DiTTrainingConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     cfg_dropout: float = 0.1
+    controls: bool = True  # beat / metre / key frame features through a MusicalControlAdapter
+    control_dropout: float = 0.1  # per row, beat channels and key channels dropped independently
     crop_prob: float = 0.5
     min_crop_seconds: float = 2.0
     val_every: int = 200
@@ -98,9 +108,12 @@ def sample_sigmas(n: int, sigma_data: float, generator: torch.Generator | None =
 # -- loss ---------------------------------------------------------------------------------------
 
 
-def diffusion_loss(pipe, x0, noise, sigma, states, mask, start, end, drop, sigma_data) -> torch.Tensor:
-    """MSE between the transformer's output and the v-prediction target (one batch)."""
+def diffusion_loss(pipe, x0, noise, sigma, states, mask, start, end, drop, sigma_data, controls=None) -> torch.Tensor:
+    """MSE between the transformer's output and the v-prediction target (one batch); `controls`
+    [B, F, T] (dropout already applied) enter through `pipe.control_adapter`."""
     model_input, timestep, target = diffusion_target(x0, noise, sigma, sigma_data)
+    if controls is not None:
+        model_input = pipe.control_adapter.add_to(model_input, controls)
     cross, glob = conditioning(pipe, states.float(), mask, start, end, drop)
     pred = pipe.transformer(model_input, timestep, encoder_hidden_states=cross, global_hidden_states=glob,
                             rotary_embedding=rotary(pipe, x0.shape[-1]), return_dict=False)[0]
@@ -160,7 +173,13 @@ def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None
     with torch.no_grad():
         silence = vae.encode(torch.zeros(1, 1, hop * 8)).latent_dist.mode()[0].mean(-1)  # [C]
 
-    pipe = build_stable_audio_lite(dit_config, vae=vae, sigma_data=sigma_data, seed=cfg.seed)
+    pipe = build_stable_audio_lite(dit_config, vae=vae, sigma_data=sigma_data, seed=cfg.seed, controls=cfg.controls)
+    fps = sr / hop
+    if cfg.controls:
+        ctrl_train = torch.from_numpy(control_features([MusicalControls.from_clip(c) for c in train_clips], frames, fps))
+        ctrl_val = torch.from_numpy(control_features([MusicalControls.from_clip(c) for c in val_clips], frames, fps))
+    else:
+        ctrl_train = ctrl_val = None
     t0 = time.perf_counter()
     text_train = [text_states(pipe, [c.caption for c in train_clips[i : i + 64]]) for i in range(0, len(train_clips), 64)]
     states_train = torch.cat([s for s, _ in text_train]).half()  # fp16 in memory: [N, 64, 384]
@@ -168,7 +187,7 @@ def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None
     states_val, mask_val = text_states(pipe, [c.caption for c in val_clips])
     text_seconds = time.perf_counter() - t0
 
-    parts = nn.ModuleDict({"transformer": pipe.transformer, "projection_model": pipe.projection_model})
+    parts = trained_parts(pipe)
     n_params = sum(p.numel() for p in parts.parameters())
     decay, no_decay = [], []
     for name, p in parts.named_parameters():
@@ -187,6 +206,7 @@ def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None
     def pipe_with(module: nn.ModuleDict):
         view = copy.copy(pipe)  # same pipeline, other weights (the EMA's)
         view.transformer, view.projection_model = module["transformer"], module["projection_model"]
+        view.control_adapter = module["control_adapter"] if "control_adapter" in module else None
         return view
 
     @torch.no_grad()
@@ -194,22 +214,23 @@ def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None
         was = module.training
         module.eval()
         loss = diffusion_loss(pipe_with(module), lat_val, val_noise, val_sigma, states_val, mask_val, val_start, val_end,
-                              None, sigma_data).item()
+                              None, sigma_data, ctrl_val).item()
         module.train(was)
         return loss
 
-    fps = sr / hop
-
     def batches(rng: np.random.Generator):
         idx = rng.integers(len(lat_train), size=cfg.batch_size)
-        x0, sec_start, sec_end = make_batch(lat_train, silence, idx, cfg, fps, rng)
+        x0, sec_start, sec_end, *ctrl = make_batch(lat_train, silence, idx, cfg, fps, rng,
+                                                   *([ctrl_train] if cfg.controls else []))
         noise = torch.randn_like(x0)
         sigma = sample_sigmas(cfg.batch_size, sigma_data)
         drop = torch.rand(cfg.batch_size) < cfg.cfg_dropout
-        yield x0, noise, sigma, states_train[idx], mask_train[idx], sec_start, sec_end, drop
+        controls = drop_controls(ctrl[0], drop, cfg.control_dropout) if cfg.controls else None
+        yield x0, noise, sigma, states_train[idx], mask_train[idx], sec_start, sec_end, drop, controls
 
     def loss(module: nn.ModuleDict, batch) -> tuple[torch.Tensor, dict]:
-        return diffusion_loss(pipe_with(module), *batch, sigma_data), {}
+        *inputs, controls = batch
+        return diffusion_loss(pipe_with(module), *inputs, sigma_data, controls), {}
 
     log = {
         "settings": settings_dict(cfg),

@@ -15,7 +15,10 @@ linear warm-up over the first 10% of the steps then a cosine to 10% of the peak,
 clipping at 1.0, gradient accumulation to an effective batch of `batch_size x accumulate` (32),
 bf16 autocast where the CPU has AMX (`--precision`; fp32 elsewhere), condition
 dropout for classifier-free guidance (all conditions at once in 10% of the rows, as MusicGen
-does; for B also the audio prompt alone in 10% and the text alone in 5%), an EMA
+does; for B also the audio prompt alone in 10% and the text alone in 5%), musical controls
+(`controls=True`: each clip's annotated beats, downbeats and key as frame features added to the
+inputs, `accelerando.musical_controls`; dropped with the text, and beat and key channels each in
+`control_dropout` of the other rows), an EMA
 of the weights, validation NLL per codebook every `val_every` steps, the three best checkpoints by
 validation loss kept in `<out>/top3/` (not committed), the best one (EMA weights) written to
 `<out>`, and the fixed prompts sampled every `sample_every` steps into the log with their
@@ -38,7 +41,8 @@ import torch
 from torch import nn
 
 from . import TrainingTask, config_from_argv, resolve_threads, run_training, settings_dict
-from ..models.musicgen_lite import MusicGenLite, inputs_and_labels, label_codebooks
+from ..models.musicgen_lite import MusicGenLite, inputs_and_labels, label_codebooks, step_controls
+from ..musical_controls import CONTROL_CHANNELS, MusicalControls, control_features, drop_controls
 
 FIXED_PROMPTS = (
     "A four-part chorale in D major for brass at 90 BPM, in 4/4",
@@ -76,6 +80,8 @@ class MusicGenLiteTrainingConfig:
     heads: int = 4
     ffn_size: int = 768
     dropout: float = 0.1
+    controls: bool = True  # beat / metre / key frame features added to the inputs
+    control_dropout: float = 0.1  # per row, beat channels and key channels dropped independently
     val_every: int = 100
     sample_every: int = 300  # 0: never
     sample_seconds: float = 4.0
@@ -90,11 +96,12 @@ class MusicGenLiteTrainingConfig:
 @torch.no_grad()
 def token_nll(model: MusicGenLite, target: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
               context: torch.Tensor | None = None, prompt_codes: torch.Tensor | None = None,
-              batch: int = 16) -> torch.Tensor:
+              batch: int = 16, controls: torch.Tensor | None = None) -> torch.Tensor:
     """Per clip and codebook, the mean negative log-likelihood (nats per token) of `target` codes
     [N, K, T]. `context` [N, K, C] (model A): codes the model reads first, as MusicGen continues an
     audio prompt; their own tokens are not scored. `prompt_codes` [N, K, P] (model B): the audio
-    prompt in its cross-attention memory. Returns [N, K]."""
+    prompt in its cross-attention memory. `controls` [N, F, C + T]: musical-control frame features
+    of the frames read (models with control_channels). Returns [N, K]."""
     model.eval()
     cfg = model.config
     out = []
@@ -108,7 +115,9 @@ def token_nll(model: MusicGenLite, target: torch.Tensor, states: torch.Tensor, m
                 labels[:, k, : c + k] = -100
         else:
             labels[:, 0, : c * cfg.codebooks] = -100
-        logits = model(inputs, states[sl].float(), mask[sl], None if prompt_codes is None else prompt_codes[sl])
+        ctrl = None if controls is None else step_controls(controls[sl], cfg.codebooks, cfg.pattern)
+        logits = model(inputs, states[sl].float(), mask[sl], None if prompt_codes is None else prompt_codes[sl],
+                       controls=ctrl)
         ce = nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), labels, ignore_index=-100, reduction="none")
         book, scored = label_codebooks(labels, cfg.codebooks), labels != -100
         out.append(torch.stack([ce[:, book == k].sum(-1) / scored[:, book == k].sum(-1).clamp(min=1)
@@ -119,19 +128,22 @@ def token_nll(model: MusicGenLite, target: torch.Tensor, states: torch.Tensor, m
 def token_split(codec, autoencoder, corpus, split: str, n: int, seed: int = 0) -> dict:
     """`n` clips of a corpus split as the LMs see them: codes [n, K, frames], the autoencoder
     latents [n, 64, frames] they quantize (cached in .cache/latents), caption states [n, L, 384]
-    (fp16) and masks [n, L], captions and the clips."""
+    (fp16) and masks [n, L], captions, the clips and their musical-control features [n, F, frames]."""
     from ..models.text_encoder import shared_text_encoder
     from .codec import split_latents
 
     clips, latents = split_latents(codec.vae, autoencoder, corpus, split, n, seed)
     codes = torch.cat([codec.rvq.encode(z) for z in latents.split(64)])
     captions = [c.caption for c in clips]
+    controls = torch.from_numpy(control_features([MusicalControls.from_clip(c) for c in clips], codes.shape[-1],
+                                                 codec.frame_rate))
     encoder = shared_text_encoder()
     parts = [encoder.encode(captions[i:i + 128]) for i in range(0, len(captions), 128)]
     width = max(s.shape[1] for s, _ in parts)
     states = torch.cat([torch.nn.functional.pad(s, (0, 0, 0, width - s.shape[1])) for s, _ in parts]).half()
     mask = torch.cat([torch.nn.functional.pad(m, (0, width - m.shape[1])) for _, m in parts])
-    return {"codes": codes, "latents": latents, "states": states, "mask": mask, "captions": captions, "clips": clips}
+    return {"codes": codes, "latents": latents, "states": states, "mask": mask, "captions": captions, "clips": clips,
+            "controls": controls}
 
 
 def token_data(cfg: MusicGenLiteTrainingConfig, log_fn=print) -> dict:
@@ -151,10 +163,11 @@ def token_data(cfg: MusicGenLiteTrainingConfig, log_fn=print) -> dict:
 
 
 def batch_inputs(split: dict, idx, variant: str, prompt_frames: int, special: int,
-                 drop_text=None, drop_prompt=None, pattern: str = "delay") -> dict:
+                 drop_text=None, drop_prompt=None, pattern: str = "delay", control_dropout: float | None = None) -> dict:
     """Model inputs and labels for clips `idx`: A the whole clip, B the clip after its first
     `prompt_frames` frames with those frames as the audio prompt. Text columns trimmed to the
-    batch's longest caption."""
+    batch's longest caption. With `control_dropout` (not None), the clips' musical controls per
+    step, zero where the text is dropped and beat / key channels dropped at that rate."""
     from ..models.musicgen_lite import null_condition
 
     codes = split["codes"][idx]
@@ -170,8 +183,12 @@ def batch_inputs(split: dict, idx, variant: str, prompt_frames: int, special: in
         if drop_prompt is not None:
             prompt_mask[drop_prompt] = 0
     inputs, labels = inputs_and_labels(codes, special, pattern)
+    controls = None
+    if control_dropout is not None:
+        frames = split["controls"][idx][..., -codes.shape[-1]:]  # B: the frames after the prompt
+        controls = step_controls(drop_controls(frames, drop_text, control_dropout), codes.shape[1], pattern)
     return {"inputs": inputs, "labels": labels, "text_states": states, "text_mask": mask,
-            "prompt_codes": prompt, "prompt_mask": prompt_mask}
+            "prompt_codes": prompt, "prompt_mask": prompt_mask, "controls": controls}
 
 
 def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=print, command: str | None = None) -> dict:
@@ -195,7 +212,7 @@ def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=prin
     mcfg = MusicGenLiteConfig(variant=cfg.variant, pattern=cfg.pattern, codebooks=k, codebook_size=size, hidden_size=cfg.hidden_size,
                               layers=cfg.layers, heads=cfg.heads, ffn_size=cfg.ffn_size,
                               text_dim=train_set["states"].shape[-1], dropout=cfg.dropout,
-                              max_prompt_frames=p_hi,
+                              max_prompt_frames=p_hi, control_channels=CONTROL_CHANNELS if cfg.controls else 0,
                               max_frames=clip_frames - (p_lo if cfg.variant == "b" else 0))
     model = MusicGenLite(mcfg).train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -209,10 +226,12 @@ def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=prin
         (all clips have as many tokens, so the mean over clips is the mean over tokens)."""
         was = m.training
         codes, states, mask = val_set["codes"], val_set["states"], val_set["mask"]
+        controls = val_set["controls"] if cfg.controls else None
         if cfg.variant == "b":
-            nll = token_nll(m, codes[..., val_prompt:], states, mask, prompt_codes=codes[..., :val_prompt], batch=32)
+            nll = token_nll(m, codes[..., val_prompt:], states, mask, prompt_codes=codes[..., :val_prompt], batch=32,
+                            controls=None if controls is None else controls[..., val_prompt:])
         else:
-            nll = token_nll(m, codes, states, mask, batch=32)
+            nll = token_nll(m, codes, states, mask, batch=32, controls=controls)
         m.train(was)
         return nll.mean(0).tolist()
 
@@ -231,10 +250,12 @@ def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=prin
             both, only_prompt = cfg.cond_dropout, cfg.cond_dropout + cfg.prompt_dropout
             drop_prompt = u < only_prompt
             drop_text = (u < both) | ((u >= only_prompt) & (u < only_prompt + cfg.text_dropout))
-            yield batch_inputs(train_set, idx, cfg.variant, prompt_frames, size, drop_text, drop_prompt, cfg.pattern)
+            yield batch_inputs(train_set, idx, cfg.variant, prompt_frames, size, drop_text, drop_prompt, cfg.pattern,
+                               cfg.control_dropout if cfg.controls else None)
 
     def loss(m: MusicGenLite, b: dict) -> tuple[torch.Tensor, dict]:
-        logits = m(b["inputs"], b["text_states"], b["text_mask"], b["prompt_codes"], b["prompt_mask"])
+        logits = m(b["inputs"], b["text_states"], b["text_mask"], b["prompt_codes"], b["prompt_mask"],
+                   controls=b["controls"])
         nll = codebook_nll(logits.float(), b["labels"], k)  # [K]
         return nll.mean(), {"per_codebook": nll}
 
@@ -299,8 +320,13 @@ def sample_fixed_prompts(model, codec, cfg: MusicGenLiteTrainingConfig, val_set:
     if cfg.variant == "b":
         prompt = val_set["codes"][: len(FIXED_PROMPTS), :, : round(3 * codec.frame_rate)]
     t0 = time.perf_counter()
-    codes, stats = generate(model, states, mask, frames_for(cfg.sample_seconds, codec.frame_rate), prompt_codes=prompt,
-                            guidance=3.0, seed=cfg.seed, frame_rate=codec.frame_rate)
+    frames = frames_for(cfg.sample_seconds, codec.frame_rate)
+    controls = None
+    if model.config.control_channels:
+        controls = torch.from_numpy(control_features([MusicalControls.from_caption(p, cfg.sample_seconds)
+                                                      for p in FIXED_PROMPTS], frames, codec.frame_rate))
+    codes, stats = generate(model, states, mask, frames, prompt_codes=prompt,
+                            guidance=3.0, seed=cfg.seed, frame_rate=codec.frame_rate, controls=controls)
     wav = codec.decode(codes)
     row = {"generate_s": time.perf_counter() - t0, "tokens_per_second": stats.tokens_per_second}
     try:
