@@ -3,6 +3,8 @@ steps lowering the loss, checkpoints and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -173,6 +175,10 @@ def test_controls_carry_the_beat_the_text_does_not(tiny_codec_dir, tmp_path):
         best[controls] = train(cfg, data=data, log_fn=lambda *a: None)["best"]["val_nll"]
     # without controls the beat is guessable only from the codes before it; with them, from the features
     assert best[True] < 0.5 * best[False], best
+    # a controlled run can start from the uncontrolled checkpoint: its zero control projection changes nothing
+    cfg = dataclasses.replace(cfg, out=str(tmp_path / "lmInit"), init_from=str(tmp_path / "lmFalse"), lr=0.0,
+                              ema_decay=1.0, max_steps=1, val_every=1)
+    assert train(cfg, data=data, log_fn=lambda *a: None)["best"]["val_nll"] == pytest.approx(best[False], rel=1e-3)
     model = load_musicgen_lite(tmp_path / "lmTrue", tiny_codec_dir / "codec")
     assert model.config.control_channels == CONTROL_CHANNELS
     with pytest.raises(ValueError, match="without them"):

@@ -115,3 +115,23 @@ def test_dit_stopped_and_resumed_equals_one_run(tiny_corpus, tmp_path):
     assert resumed["val"][-1]["ema"] == straight["val"][-1]["ema"]
     assert same_weights(tmp_path / "straight" / "stable_audio_lite.safetensors",
                         tmp_path / "resumed" / "stable_audio_lite.safetensors")
+
+
+def test_dit_starts_from_a_checkpoint_without_controls(tiny_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from accelerando.train.dit import DiTTrainingConfig, train
+
+    def config(out, **changes):
+        return DiTTrainingConfig(model="tiny", out=str(out), max_steps=2, batch_size=2, val_every=2, warmup_steps=1,
+                                 threads=1, precision="fp32", **changes)
+
+    train(config(tmp_path / "plain", controls=False), corpus=tiny_corpus, log_fn=lambda *a: None)
+    # no optimizer step: lr 0, EMA decay 1 keep the started weights, which must be the saved ones
+    log = train(config(tmp_path / "controlled", init_from=str(tmp_path / "plain"), lr=0.0, ema_decay=1.0),
+                corpus=tiny_corpus, log_fn=lambda *a: None)
+    before = load_file(str(tmp_path / "plain" / "stable_audio_lite.safetensors"))
+    after = load_file(str(tmp_path / "controlled" / "stable_audio_lite.safetensors"))
+    assert set(after) - set(before) and all(k.startswith("control_adapter.") for k in set(after) - set(before))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert log["settings"]["init_from"] == str(tmp_path / "plain")

@@ -39,13 +39,17 @@ def save_fp16(module: nn.Module, directory: str | Path, *, weights_name: str, co
     return directory
 
 
-def load_checked(module: nn.Module, weights_path: str | Path, fix: str = "") -> nn.Module:
+def load_checked(module: nn.Module, weights_path: str | Path, fix: str = "", new_parts: tuple[str, ...] = ()
+                 ) -> nn.Module:
     """Load safetensors weights into `module` (cast to its dtypes) after checking that names and
-    shapes match exactly; otherwise a ValueError lists missing, unexpected and misshapen tensors."""
+    shapes match exactly; otherwise a ValueError lists missing, unexpected and misshapen tensors.
+    `new_parts`: name prefixes of submodules the file may lack (added since it was saved; they keep
+    their initial weights), for starting a larger model from a smaller one's checkpoint."""
     state = load_file(str(weights_path))
     note_input(weights_path)  # the run record keys the chapter on this checkpoint's files
     own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(new_parts) or not new_parts)
+    unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         raise ValueError(
@@ -54,5 +58,5 @@ def load_checked(module: nn.Module, weights_path: str | Path, fix: str = "") -> 
             f"{[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}. The files come from "
             f"different runs or were damaged. {fix}".rstrip()
         )
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=not new_parts)
     return module

@@ -82,6 +82,7 @@ class DiTTrainingConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     cfg_dropout: float = 0.1
+    init_from: str = ""  # a Stable-Audio-Lite checkpoint to start from (same config; its adapter may be absent)
     controls: bool = True  # beat / metre / key frame features through a MusicalControlAdapter
     control_dropout: float = 0.1  # per row, beat channels and key channels dropped independently
     crop_prob: float = 0.5
@@ -121,6 +122,21 @@ def diffusion_loss(pipe, x0, noise, sigma, states, mask, start, end, drop, sigma
 
 
 # -- loop ---------------------------------------------------------------------------------------
+
+
+def start_from(parts: nn.ModuleDict, dit_config: dict, vae_sha: str, path: Path) -> None:
+    """Load a saved Stable-Audio-Lite's weights into `parts` (a control adapter it lacks keeps its
+    zero start), refusing another architecture or another autoencoder's latents."""
+    from ..checkpoint import load_checked
+    from ..models.stable_audio_lite import CONFIG_FILE, WEIGHTS_FILE
+
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    if meta.get("transformer") != dit_config:
+        raise ValueError(f"init_from={path}: its transformer config differs from this run's; start from a checkpoint "
+                         f"of the same model or drop init_from")
+    if meta.get("autoencoder_sha256") != vae_sha:
+        raise ValueError(f"init_from={path} was trained on another autoencoder's latents; drop init_from")
+    load_checked(parts, path / WEIGHTS_FILE, new_parts=("control_adapter.",))
 
 
 def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None = None) -> dict:
@@ -188,6 +204,8 @@ def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None
     text_seconds = time.perf_counter() - t0
 
     parts = trained_parts(pipe)
+    if cfg.init_from:
+        start_from(parts, dit_config, vae_sha, Path(cfg.init_from))
     n_params = sum(p.numel() for p in parts.parameters())
     decay, no_decay = [], []
     for name, p in parts.named_parameters():

@@ -80,6 +80,7 @@ class MusicGenLiteTrainingConfig:
     heads: int = 4
     ffn_size: int = 768
     dropout: float = 0.1
+    init_from: str = ""  # a MusicGen-Lite checkpoint to start from (same architecture; its control projection may be absent)
     controls: bool = True  # beat / metre / key frame features added to the inputs
     control_dropout: float = 0.1  # per row, beat channels and key channels dropped independently
     val_every: int = 100
@@ -215,6 +216,15 @@ def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=prin
                               max_prompt_frames=p_hi, control_channels=CONTROL_CHANNELS if cfg.controls else 0,
                               max_frames=clip_frames - (p_lo if cfg.variant == "b" else 0))
     model = MusicGenLite(mcfg).train()
+    if cfg.init_from:
+        from ..checkpoint import load_checked
+        from ..models.musicgen_lite import CONFIG_FILE, WEIGHTS_FILE
+
+        saved = json.loads((Path(cfg.init_from) / CONFIG_FILE).read_text())["config"]
+        if {**saved, "control_channels": mcfg.control_channels} != dataclasses.asdict(mcfg):
+            raise ValueError(f"init_from={cfg.init_from}: its config {saved} is another architecture than this run's "
+                             f"{dataclasses.asdict(mcfg)}; start from the same model or drop init_from")
+        load_checked(model, Path(cfg.init_from) / WEIGHTS_FILE, new_parts=("control_proj.",))
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
