@@ -204,7 +204,11 @@ def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None
     text_seconds = time.perf_counter() - t0
 
     parts = trained_parts(pipe)
+    init_record = None
     if cfg.init_from:
+        from ..models.stable_audio_lite import WEIGHTS_FILE
+
+        init_record = {"path": cfg.init_from, "sha256": file_sha256(Path(cfg.init_from) / WEIGHTS_FILE)}
         start_from(parts, dit_config, vae_sha, Path(cfg.init_from))
     n_params = sum(p.numel() for p in parts.parameters())
     decay, no_decay = [], []
@@ -258,6 +262,7 @@ def train(cfg: DiTTrainingConfig, corpus=None, log_fn=print, command: str | None
         "sigma_data": sigma_data,
         "corpus": {"path": str(corpus.path), "key": corpus.key, "train_clips": len(train_clips), "val_clips": n_val},
         "autoencoder": {"path": str(vae_path), "sha256": vae_sha},
+        "init_from": init_record,
         "prep_seconds": {"encode_latents": encode_seconds, "text": text_seconds},
     }
     log_fn(f"stable-audio-lite DiT: {n_params / 1e6:.2f} M params, {len(train_clips)} clips x {frames} frames, "

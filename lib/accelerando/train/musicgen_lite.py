@@ -216,8 +216,9 @@ def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=prin
                               max_prompt_frames=p_hi, control_channels=CONTROL_CHANNELS if cfg.controls else 0,
                               max_frames=clip_frames - (p_lo if cfg.variant == "b" else 0))
     model = MusicGenLite(mcfg).train()
+    init_record = None
     if cfg.init_from:
-        from ..checkpoint import load_checked
+        from ..checkpoint import file_sha256, load_checked
         from ..models.musicgen_lite import CONFIG_FILE, WEIGHTS_FILE
 
         saved = json.loads((Path(cfg.init_from) / CONFIG_FILE).read_text())["config"]
@@ -225,6 +226,7 @@ def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=prin
             raise ValueError(f"init_from={cfg.init_from}: its config {saved} is another architecture than this run's "
                              f"{dataclasses.asdict(mcfg)}; start from the same model or drop init_from")
         load_checked(model, Path(cfg.init_from) / WEIGHTS_FILE, new_parts=("control_proj.",))
+        init_record = {"path": cfg.init_from, "sha256": file_sha256(Path(cfg.init_from) / WEIGHTS_FILE)}
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -292,7 +294,8 @@ def train(cfg: MusicGenLiteTrainingConfig, data: dict | None = None, log_fn=prin
     log = {"settings": settings_dict(cfg),
            "command": command, "model_config": dataclasses.asdict(mcfg), "params": model.num_parameters(),
            "train_clips": len(train_set["codes"]), "val_clips": len(val_set["codes"]),
-           "frames_per_clip": int(train_set["codes"].shape[-1]), "frame_rate": frame_rate, "samples": []}
+           "frames_per_clip": int(train_set["codes"].shape[-1]), "frame_rate": frame_rate, "samples": [],
+           "init_from": init_record}
     log_fn(f"musicgen-lite {cfg.variant}: {model.num_parameters() / 1e6:.2f} M params, "
            f"{len(train_set['codes'])} clips x {train_set['codes'].shape[-1]} frames x {k} codebooks")
     task = TrainingTask(model=model, optimizer=opt, batches=batches, loss=loss, validate=validate,
