@@ -21,7 +21,7 @@ import torch
 from accelerando.checkpoint import CHECKPOINTS
 from accelerando.data import build_corpus, preset
 from accelerando.metrics import get_embedding
-from accelerando.metrics.generation import board, clip_audio, embed_set, score_with_baselines
+from accelerando.metrics.generation import board, clip_audio, embed_set, music_goals, score_with_baselines
 from accelerando.models.clap_lite import CLAPLite
 from accelerando.models.musicgen_lite import MusicGenLitePipeline
 from accelerando.models.stable_audio_lite import DIT_CHECKPOINT, generate, load_stable_audio_lite
@@ -36,6 +36,7 @@ parser.add_argument("--steps", type=int, default=50)
 parser.add_argument("--guidance", type=float, default=6.0, help="Stable-Audio-Lite's CFG weight (MusicGen-Lite: 3)")
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--models", nargs="+", choices=("dit", "musicgen"), default=["dit", "musicgen"])
 parser.add_argument("--out", default=None, help="also write the board as CSV")
 args = parser.parse_args()
 
@@ -46,8 +47,8 @@ corpus = build_corpus(preset("full", sample_rate=22050))
 test = list(corpus.filter(split="test"))[: args.n]
 sr = 22050
 
-pipe = load_stable_audio_lite(args.dit)
-mg = MusicGenLitePipeline.from_pretrained("a", path=args.musicgen)
+pipe = load_stable_audio_lite(args.dit) if "dit" in args.models else None
+mg = MusicGenLitePipeline.from_pretrained("a", path=args.musicgen) if "musicgen" in args.models else None
 clap = CLAPLite.from_pretrained(CHECKPOINTS / "clap_lite")
 
 
@@ -73,22 +74,28 @@ def musicgen(controls):
     return run
 
 
-generators = {"Stable-Audio-Lite": stable_audio("caption")}
-if getattr(pipe, "control_adapter", None) is not None:
-    generators["Stable-Audio-Lite, no controls"] = stable_audio(None)
-generators["MusicGen-Lite A"] = musicgen("caption")
-if mg.model.config.control_channels:
-    generators["MusicGen-Lite A, no controls"] = musicgen(None)
+generators = {}
+if pipe is not None:
+    generators["Stable-Audio-Lite"] = stable_audio("caption")
+    if getattr(pipe, "control_adapter", None) is not None:
+        generators["Stable-Audio-Lite, no controls"] = stable_audio(None)
+if mg is not None:
+    generators["MusicGen-Lite A"] = musicgen("caption")
+    if mg.model.config.control_channels:
+        generators["MusicGen-Lite A, no controls"] = musicgen(None)
 
 embedders = {"clap-lite": get_embedding("clap-lite", model=clap)}
 reference = embed_set([clip_audio(c, sr, SECONDS) for c in list(corpus.filter(split="val"))[: args.n]], sr, embedders)
-per_clip, summary = score_with_baselines(generators, test, sr, SECONDS, reference, embedders, clap=clap.scorer(),
+per_clip, summary, _ = score_with_baselines(generators, test, sr, SECONDS, reference, embedders, clap=clap.scorer(),
                                          seed=args.seed)
 table = board(summary)
 with np.printoptions(linewidth=200):
-    print(f"{len(test)} test captions, {SECONDS} s; Stable-Audio-Lite {args.dit} ({args.steps} steps, guidance "
-          f"{args.guidance}); MusicGen-Lite A {args.musicgen}")
+    print(f"{len(test)} test captions, {SECONDS} s; " + "; ".join(
+        ([f"Stable-Audio-Lite {args.dit} ({args.steps} steps, guidance {args.guidance})"] if pipe else [])
+        + ([f"MusicGen-Lite A {args.musicgen}"] if mg else [])))
     print(table.to_string())
+for name in generators:
+    print(f"\n{name} against the goals:\n{music_goals(summary, name).to_string()}")
 for name, rows in per_clip.items():
     print(f"{name}: pulse defined on {rows.pulse.notna().sum()}, tempo on {rows.tempo_acc2.notna().sum()} clips")
 if args.out:

@@ -28,7 +28,8 @@ def test_time_call_counts_warmup_and_stops_at_budget():
     import time
 
     times = time_call(lambda: time.sleep(0.05), warmup=0, repeats=10, budget_s=0.01, device="cpu")
-    assert len(times) == 1  # one timed call always runs, then the budget stops it
+    assert len(times) == 3  # the book's minimum of three timed calls runs, then the budget stops it
+    assert len(time_call(lambda: None, warmup=0, repeats=1, budget_s=0.0, device="cpu")) == 1  # one if one is asked
     with pytest.raises(ValueError, match="repeats"):
         time_call(lambda: None, repeats=0)
 

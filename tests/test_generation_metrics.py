@@ -109,7 +109,7 @@ def test_pulse_is_strong_at_the_clicks_tempo_only_and_onsets_are_counted():
 
 
 def test_baselines_read_a_generator_against_clips_noise_and_shuffled_prompts(tmp_path):
-    from accelerando.metrics.generation import board, score_with_baselines, shuffled_order
+    from accelerando.metrics.generation import board, music_goals, score_with_baselines, shuffled_order
 
     class Clip:
         def __init__(self, i, bpm):
@@ -124,13 +124,16 @@ def test_baselines_read_a_generator_against_clips_noise_and_shuffled_prompts(tmp
     embedders = {"mel-stats": get_embedding("mel-stats")}
     reference = embed_set([torch.from_numpy(c.audio)[None] for c in clips], SR, embedders)
     # a perfect generator: the clip its caption describes
-    per_clip, summary = score_with_baselines({"copy": lambda prompts: [by_caption[p] for p in prompts]}, clips, SR, 6.0,
+    per_clip, summary, _ = score_with_baselines({"copy": lambda prompts: [by_caption[p] for p in prompts]}, clips, SR, 6.0,
                                              reference, embedders)
     assert list(summary) == ["copy", "shuffled prompts", "corpus clips", "noise"]
     assert summary["copy"]["pulse"].value == pytest.approx(summary["corpus clips"]["pulse"].value)
     assert summary["copy"]["pulse"].value > summary["shuffled prompts"]["pulse"].value + 0.3
     assert summary["noise"]["pulse"].value < 0.2
     assert board(summary).loc["copy", "tempo Acc2"].startswith("1.00")
+    goals = music_goals(summary, "copy")
+    assert goals.loc["pulse at the beat lag", "met"] and goals.loc["onsets per second", "met"]
+    assert not music_goals(summary, "noise").loc["pulse at the beat lag", "met"]
     assert (shuffled_order(5, seed=3) != np.arange(5)).all()
     with pytest.raises(ValueError, match="shorter"):
         score_with_baselines({"short": lambda p: [torch.zeros(1, SR)] * len(p)}, clips, SR, 6.0, reference, embedders)

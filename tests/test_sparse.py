@@ -342,3 +342,31 @@ def test_prefix_tree_refuses_bad_branches(musicgen_tree):
         tree.branch(root, at=2, frames=10**6)
     with pytest.raises(ValueError, match="at least one"):
         tree.generate(0)
+
+
+def test_speed_fidelity_points_pair_each_variant_with_its_projected_speed():
+    import pandas as pd
+
+    from accelerando.bench.sparse import project_speedup, speed_fidelity_points
+
+    rows = []
+    for prompt in range(6):
+        rows.append({"fraction": 0.1, "variant": "dense, other seed", "mrstft_to_dense": 1.0 + 0.01 * prompt,
+                     "refresh_every": None, "margin": None, "kv_correction": False})
+        for variant, k, m, corr, dist in [("sparse k=0", 0, 8, False, 1.5), ("sparse k=5", 5, 8, False, 0.5),
+                                          ("sparse k=0 m=32", 0, 32, False, 1.2), ("sparse k=25 corrected", 25, 8, True, 0.4)]:
+            rows.append({"fraction": 0.1, "variant": variant, "mrstft_to_dense": dist + 0.01 * prompt,
+                         "refresh_every": k, "margin": m, "kv_correction": corr})
+    measured = dict(refresh_every=0, dense_step_s=1.0, sparse_step_s=0.1, edit_decode_s=1.0, regenerate_other_s=5.0,
+                    edit_frames=100, margin=8)
+    e2e = {"record": {**measured, "kv_correction": False},
+           "corrected": {**measured, "kv_correction": True, "sparse_step_s": 0.12}}
+    points = speed_fidelity_points(pd.DataFrame(rows), e2e, 0.1, lite_steps=25, steps=100, n_resamples=50)
+    assert list(points.index) == ["sparse k=0", "sparse k=5", "sparse k=0 m=32", "sparse k=25 corrected"]
+    assert not points.loc["sparse k=0", "inside_floor"] and points.loc["sparse k=5", "inside_floor"]
+    # k=5 of 25 steps keeps its share of dense steps at 100 steps: every 20th
+    assert points.loc["sparse k=5", "projected_speedup"] == pytest.approx(project_speedup(e2e["record"], 100, 20))
+    # a wider margin costs its frames in every sparse step; the corrected variant uses the corrected record
+    assert points.loc["sparse k=0 m=32", "projected_speedup"] < points.loc["sparse k=0", "projected_speedup"]
+    assert points.loc["sparse k=25 corrected", "projected_speedup"] == pytest.approx(
+        project_speedup(e2e["corrected"], 100, 100))

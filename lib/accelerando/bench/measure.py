@@ -29,6 +29,8 @@ RECORD_FIELDS = (
     "peak_mem_bytes", "gflops", "rtf", "threads", "device",
 )
 
+MIN_REPEATS = 3  # timed calls a time budget cannot cut below: a spread needs at least three
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -109,8 +111,9 @@ def time_call(
 ) -> list[float]:
     """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls.
 
-    `budget_s` stops repeating once the timed calls have used that many seconds (at least one call
-    is always timed): a 60 s full-size forward is timed once, a 10 ms one as often as asked.
+    `budget_s` stops repeating once the timed calls have used that many seconds, but only after
+    MIN_REPEATS calls (or `repeats`, if fewer are asked): a 60 s full-size forward is timed three
+    times, a 10 ms one as often as asked. No figure rests on a single call unless asked for one.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
@@ -128,7 +131,7 @@ def time_call(
             synchronize(device)
             times.append(time.perf_counter() - start)
             bar.update()
-            if budget_s is not None and sum(times) >= budget_s:
+            if budget_s is not None and len(times) >= MIN_REPEATS and sum(times) >= budget_s:
                 break
     return times
 

@@ -1,4 +1,4 @@
-"""WP1 step 2.2 measurement: does QAT of the low-rank branches recover fidelity beyond PTQ?
+"""WP1 measurement: does QAT of the low-rank branches recover fidelity beyond PTQ?
 
 `qat_fidelity(pipe, calib_prompts, eval_prompts, data, objectives)` quantizes a copy of the
 pipeline's transformer once (post-training, as `bench.quant.fidelity_to_full_precision` does:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quant import TOKEN_SKIP, QuantReport, SVDQuantConfig, quantize_
+from ..quant import QuantConfig, QuantReport, quantize_
 
 LogitsFn = Callable[[nn.Module, dict], torch.Tensor]
 
@@ -60,14 +60,15 @@ def musicgen_lite_batches(split: dict, model: nn.Module, prompt_frames: int = 0,
     n, frames = split["codes"].shape[0], split["codes"].shape[-1]
     if cfg.variant == "b" and not 0 < prompt_frames < frames:
         raise ValueError(f"model B needs an audio prompt: prompt_frames={prompt_frames} of {frames}-frame clips")
+    controls = 0.0 if cfg.control_channels else None  # a controlled model reads its clips' beats and key, none dropped
     return [batch_inputs(split, np.arange(i, min(i + batch_size, n)), cfg.variant, prompt_frames, cfg.codebook_size,
-                         pattern=cfg.pattern) for i in range(0, n, batch_size)]
+                         pattern=cfg.pattern, control_dropout=controls) for i in range(0, n, batch_size)]
 
 
 def musicgen_lite_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     """MusicGen-Lite's logits [B, rows, S, codebook_size] for a `musicgen_lite_batches` batch."""
     return model(batch["inputs"], batch["text_states"], batch["text_mask"], batch.get("prompt_codes"),
-                 batch.get("prompt_mask"))
+                 batch.get("prompt_mask"), controls=batch.get("controls"))
 
 
 def code_batches(codes: torch.Tensor, special: int, batch_size: int = 16,
@@ -109,7 +110,7 @@ def _per_clip(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def token_fidelity(model: nn.Module, configs: dict[str, SVDQuantConfig], calib_batches: list[dict],
+def token_fidelity(model: nn.Module, configs: dict[str, QuantConfig], calib_batches: list[dict],
                    test_batches: list[dict], logits_fn: LogitsFn = musicgen_lite_logits,
                    filter_fn: Callable[[nn.Module, str], bool] | None = None,
                    ) -> tuple[list[dict], dict[str, QuantReport]]:
@@ -134,7 +135,7 @@ def token_fidelity(model: nn.Module, configs: dict[str, SVDQuantConfig], calib_b
     for method, config in configs.items():
         quantized = copy.deepcopy(model)
         start = time.perf_counter()
-        report = quantize_(quantized, config, calib=calib, filter_fn=filter_fn)
+        report = quantize_(quantized, config, calib=calib if config.uses_calibration else None, filter_fn=filter_fn)
         spent = time.perf_counter() - start
         reports[method] = report
         clip = 0

@@ -164,6 +164,7 @@ def end_to_end(pipe, *, seconds: float, steps: int, fraction: float, edits: dict
         rows.append({
             "measure": "end_to_end", "edit": name, "seconds": seconds, "steps": steps, "fraction": fraction,
             "refresh_every": kw.get("refresh_every", 0), "kv_correction": kw.get("kv_correction", False),
+            "edit_frames": b - a, "margin": margin,
             "record_bytes": record_bytes, "record_dtype": str(record_dtype or pipe.transformer.dtype),
             "regenerate_s": regenerate_s, "edit_s": edit_s, "speedup": regenerate_s / edit_s,
             "dense_step_s": dense_step,
@@ -184,6 +185,40 @@ def project_speedup(rec: dict, steps: int, refresh_every: int | None = None) -> 
     regenerate = steps * rec["dense_step_s"] + rec["regenerate_other_s"]
     edit = dense_steps * rec["dense_step_s"] + (steps - dense_steps) * rec["sparse_step_s"] + rec["edit_decode_s"]
     return regenerate / edit
+
+
+def speed_fidelity_points(fidelity: "pd.DataFrame", e2e: dict[str, dict], fraction: float, lite_steps: int,
+                          steps: int, metric: str = "mrstft_to_dense", n_resamples: int = 1000, seed: int = 0
+                          ) -> "pd.DataFrame":
+    """Speed and fidelity of each sparse edit variant side by side: one row per variant of
+    `edit_fidelity`'s rows at `fraction`, with its distance to the dense edit (mean and bootstrap
+    interval), the noise floor (the same distance between two dense edits that differ only by
+    their noise), whether the variant lies inside it (its interval's upper end below the floor's
+    mean), and the full-size end-to-end speedup projected at `steps` (`project_speedup`) for the
+    same schedule: the same share of dense steps as the variant's refresh interval over
+    `lite_steps`, from the `end_to_end` record with the same correction setting (`e2e`: its rows
+    by name, one with `kv_correction` and one without), a margin's extra frames scaling the sparse
+    step's measured cost linearly. The speedups are projections from measured parts, the
+    distances measurements on Stable-Audio-Lite."""
+    import pandas as pd
+
+    from ..metrics.stats import bootstrap_ci
+
+    at = fidelity[fidelity.fraction == fraction]
+    floor = bootstrap_ci(at[at.variant == "dense, other seed"][metric].tolist(), n_resamples=n_resamples, seed=seed)
+    by_correction = {bool(r["kv_correction"]): r for r in e2e.values()}
+    out = []
+    for variant, rows in at[at.variant.str.startswith("sparse")].groupby("variant", sort=False):
+        k, m, corrected = int(rows.refresh_every.iloc[0]), int(rows.margin.iloc[0]), bool(rows.kv_correction.iloc[0])
+        rec = dict(by_correction.get(corrected) or by_correction[False])
+        rec["sparse_step_s"] *= (rec["edit_frames"] + 2 * m) / (rec["edit_frames"] + 2 * rec["margin"])
+        refresh = 0 if k == 0 else max(1, round(k * steps / lite_steps))
+        dist = bootstrap_ci(rows[metric].tolist(), n_resamples=n_resamples, seed=seed)
+        out.append({"variant": variant, "refresh_every_lite": k, "margin": m, "corrected": corrected,
+                    "distance": dist.value, "distance_low": dist.ci_low, "distance_high": dist.ci_high,
+                    "noise_floor": floor.value, "inside_floor": bool(dist.ci_high < floor.value),
+                    "projected_speedup": project_speedup(rec, steps, refresh_every=refresh)})
+    return pd.DataFrame(out).set_index("variant")
 
 
 @torch.no_grad()
@@ -229,6 +264,8 @@ def edit_fidelity(pipe, prompts: list[str], edit_prompts: list[str], *, fraction
                 audio[name] = out
                 rows.append({
                     "prompt": i, "fraction": f, "variant": name, "start_s": start, "end_s": end,
+                    "refresh_every": kw.get("refresh_every"), "margin": kw.get("margin"),
+                    "kv_correction": kw.get("kv_correction", False),
                     "dense_s": session.last_edit["dense_s"], "sparse_s": session.last_edit["sparse_s"],
                     "outside_reach_identical": bool(np.array_equal(out[:r_lo], original[:r_lo])
                                                     and np.array_equal(out[r_hi:], original[r_hi:len(original)])),

@@ -12,7 +12,7 @@ bootstrap interval. Scoring real clips, a shuffled-prompt generation or noise wi
 gives the baselines a model is read against; `score_with_baselines` does all of that for any
 text-to-audio generators on held-out corpus clips:
 
-    per_clip, summary = score_with_baselines({"Stable-Audio-Lite": fn}, test_clips, sr, 8.0, vectors, embedders, clap)
+    per_clip, summary, audio = score_with_baselines({"Stable-Audio-Lite": fn}, test_clips, sr, 8.0, vectors, embedders, clap)
     board(summary)                                         # one row per set, "mean [low, high]"
 """
 
@@ -89,7 +89,7 @@ def clip_audio(clip, sr: int, seconds: float) -> torch.Tensor:
     wav = torch.from_numpy(a.mean(axis=1) if a.ndim == 2 else a)[None]
     if clip.sample_rate != sr:
         wav = resample(wav, clip.sample_rate, sr)
-    return wav[..., : int(round(seconds * sr))]
+    return wav[..., : int(seconds * sr)]
 
 
 def shuffled_order(n: int, seed: int = 0) -> np.ndarray:
@@ -113,7 +113,7 @@ def score_with_baselines(
     clap=None,
     shuffled: str | None = None,
     seed: int = 0,
-) -> tuple[dict, dict]:
+) -> tuple[dict, dict, dict]:
     """Score text-to-audio generators on the captions of held-out corpus `clips`, beside the
     baselines they are read against: the clips themselves ("corpus clips"), white noise at the
     clips' loudness ("noise") and, for the generator named `shuffled` (default the first), its
@@ -122,13 +122,14 @@ def score_with_baselines(
 
     `generators[name](captions)` returns one [channels, samples] clip per caption at `sr`, at
     least `seconds` long. Returns ({set: per-clip DataFrame}, {set: {column: Estimate}}) as
-    `score_generation` gives them, for sets in the order generators..., shuffled, clips, noise."""
+    `score_generation` gives them, and {set: [clips [channels, samples], cut to `seconds`]}, for sets
+    in the order generators..., shuffled, clips, noise."""
     if not generators:
         raise ValueError("no generators to score: pass {name: captions -> clips}")
     prompts = [c.caption for c in clips]
     keys = [c.key["name"] if c.key else None for c in clips]
     bpms = [float(c.tempo_bpm) if c.tempo_bpm else None for c in clips]
-    n = int(round(seconds * sr))
+    n = int(seconds * sr)  # as the generators cut: int(seconds x sr) samples
     real = [clip_audio(c, sr, seconds) for c in clips]
     sets = {name: fn(prompts) for name, fn in generators.items()}
     shuffled = shuffled or next(iter(generators))
@@ -138,14 +139,14 @@ def score_with_baselines(
     g = torch.Generator().manual_seed(seed)
     sets["noise"] = [torch.randn(1, n, generator=g) * w.pow(2).mean().sqrt().clamp(min=1e-4) for w in real]
     per_clip, summary = {}, {}
-    for name, wavs in sets.items():
-        wavs = [torch.as_tensor(np.asarray(w, dtype=np.float32))[..., :n] for w in wavs]
+    for name, wavs in list(sets.items()):
+        wavs = sets[name] = [torch.as_tensor(np.asarray(w, dtype=np.float32))[..., :n] for w in wavs]
         short = [i for i, w in enumerate(wavs) if w.shape[-1] < n]
         if short:
             raise ValueError(f"{name}: clips {short[:5]} are shorter than {seconds} s; generate at least that long")
         per_clip[name], summary[name] = score_generation(wavs, sr, prompts, keys, bpms, reference, embedders,
                                                          clap=clap, seed=seed)
-    return per_clip, summary
+    return per_clip, summary, sets
 
 
 COLUMNS = {"clap": "CLAP score", "pulse": "pulse at the beat lag", "tempo_acc2": "tempo Acc2",
@@ -159,3 +160,28 @@ def board(summary: dict, columns: dict[str, str] | None = None, digits: int = 2)
     columns = columns or {**COLUMNS, **{c: f"KAD {c[4:]}" for s in summary.values() for c in s if c.startswith("kad_")}}
     return pd.DataFrame({name: {label: s[col].text(digits) if col in s else "undefined" for col, label in columns.items()}
                          for name, s in summary.items()}).T
+
+
+# What a testbed generator must reach for the book's musical questions to be answerable on it:
+# a beat at the asked tempo, the asked key, note attacks at the corpus's rate, captions CLAP-Lite
+# can match. (column, lowest acceptable mean); onsets are judged against the corpus clips instead.
+MUSIC_GOALS = {"pulse": 0.3, "tempo_acc2": 0.6, "key_mirex": 0.65, "clap": 0.4}
+ONSET_TOLERANCE = 0.3  # onsets per second within 30 % of the corpus clips'
+
+
+def music_goals(summary: dict, model: str, corpus: str = "corpus clips"):
+    """One row per goal for the set `model` of a `score_with_baselines` summary: its mean with the
+    interval, the goal, the corpus clips' mean, and whether the mean meets the goal."""
+    import pandas as pd
+
+    rows = []
+    for col, goal in MUSIC_GOALS.items():
+        est = summary[model].get(col)
+        rows.append({"measure": COLUMNS[col], "value": est.text() if est else "undefined", "goal": f">= {goal}",
+                     "corpus clips": summary[corpus][col].text() if col in summary[corpus] else "undefined",
+                     "met": bool(est and est.value >= goal)})
+    est, ref = summary[model]["onsets_per_s"], summary[corpus]["onsets_per_s"]
+    lo, hi = (1 - ONSET_TOLERANCE) * ref.value, (1 + ONSET_TOLERANCE) * ref.value
+    rows.append({"measure": COLUMNS["onsets_per_s"], "value": est.text(), "goal": f"{lo:.2f} to {hi:.2f}",
+                 "corpus clips": ref.text(), "met": bool(lo <= est.value <= hi)})
+    return pd.DataFrame(rows).set_index("measure")

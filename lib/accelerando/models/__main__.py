@@ -83,7 +83,7 @@ def musicgen_lite_command(args) -> dict:
     try:
         audio, info = pipe([args.prompt], seconds=args.seconds, audio_prompt=prompt[0], audio_prompt_sr=prompt[1],
                            guidance=guidance, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                           rerank=args.rerank)
+                           rerank=args.rerank, controls=None if args.no_controls else "caption")
     except (ValueError, AudioError) as err:
         raise SystemExit(f"error: {err}") from None
     t2 = time.perf_counter()
@@ -93,7 +93,8 @@ def musicgen_lite_command(args) -> dict:
               "audio_prompt": args.audio_prompt, "guidance_scale": guidance, "rerank": args.rerank, "seed": args.seed,
               "load_s": round(t1 - t0, 2), "generate_s": round(t2 - t1, 2),
               "tokens_per_second": round(info["stats"]["tokens_per_second"], 1),
-              "clap_candidates": info.get("clap_candidates"), "threads": torch.get_num_threads()}
+              "clap_candidates": info.get("clap_candidates"), "threads": torch.get_num_threads(),
+              "controls": bool(pipe.model.config.control_channels and not args.no_controls)}
     print(json.dumps(record))
     return record
 
@@ -116,7 +117,8 @@ def generate_command(args) -> dict:
     t1 = time.perf_counter()
     try:
         audio, sr = generate(pipe, args.prompt, seconds=args.seconds, steps=args.steps,
-                             guidance_scale=args.guidance_scale, seed=args.seed)
+                             guidance_scale=args.guidance_scale, seed=args.seed,
+                             controls=None if args.no_controls else "caption")
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     t2 = time.perf_counter()
@@ -124,7 +126,8 @@ def generate_command(args) -> dict:
     save_audio(args.out, audio[0], sr)  # [channels, samples]
     record = {"out": args.out, "model": args.model, "seconds": args.seconds, "sample_rate": sr, "steps": args.steps,
               "guidance_scale": args.guidance_scale, "seed": args.seed, "load_s": round(t1 - t0, 2),
-              "generate_s": round(t2 - t1, 2), "threads": torch.get_num_threads()}
+              "generate_s": round(t2 - t1, 2), "threads": torch.get_num_threads(),
+              "controls": bool(getattr(pipe, "control_adapter", None) is not None and not args.no_controls)}
     print(json.dumps(record))
     return record
 
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--temperature", type=float, default=None, help="MusicGen-Lite sampling temperature (default 1)")
     g.add_argument("--top-k", type=int, default=None, help="MusicGen-Lite top-k sampling (0: off; default 250)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-controls", action="store_true",
+                   help="ignore the tempo, metre and key the prompt states (models trained with musical controls "
+                        "follow them by default; others always ignore them)")
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--out", required=True, help=".wav or .flac")
     args = parser.parse_args(argv)

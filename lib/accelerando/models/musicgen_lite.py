@@ -1,4 +1,4 @@
-"""MusicGen-Lite (seed 003): language models over Codec-Lite tokens, built from MusicGen's own
+"""MusicGen-Lite: language models over Codec-Lite tokens, built from MusicGen's own
 decoder layers (transformers `MusicgenDecoderLayer`), trained here on the corpus.
 
 Audio is K parallel code streams [batch, K, frames] (`codec_lite`, 21.5 frames/s; or any other
@@ -8,15 +8,15 @@ Audio is K parallel code streams [batch, K, frames] (`codec_lite`, 21.5 frames/s
     "delay" (MusicGen's, the default): codebook k runs k steps late, so one decoder step emits one
       token per codebook: the step's input is the sum of K code embeddings, its outputs K heads.
       T frames take T + K - 1 steps; the model's streams are [B, K, steps].
-    "flatten" (the seed's interleaved pattern): the K codes of a frame one after another, one token
+    "flatten" (the research plan's interleaved pattern): the K codes of a frame one after another, one token
       per step, so every code sees all codes before it (exact autoregression) at K times the steps.
       Step s's input is the token of codebook (s - 1) mod K, its output comes from head s mod K;
       the model's stream is [B, 1, T x K].
 
-    Model A (variant "a", the seed's baseline): a prefix LM. The frozen MiniLM token states of the
+    Model A (variant "a", the plan's baseline): a prefix LM. The frozen MiniLM token states of the
       prompt, projected to the model width, are prepended to the audio steps; one causal
       self-attention stack runs over [text | audio]. No cross-attention.
-    Model B (variant "b", the seed's proposal): self-attention over the audio steps interleaved
+    Model B (variant "b", the plan's proposal): self-attention over the audio steps interleaved
       with cross-attention to a memory that concatenates the projected text states and the
       embedded codes of an audio prompt (~3 s, with learned positions): the style/tempo seed.
 

@@ -4,7 +4,7 @@ RVQ codes are a matrix [K codebooks, T frames]; a decoder-only LM predicts one s
 patterns (Copet et al. 2023, MusicGen, section 2.2):
 
     flatten  [c1,t  c2,t  ... cK,t  c1,t+1 ...]: every token sees all earlier codebooks of its
-             frame; exact autoregressive factorisation, K x T steps (the seed's interleaved pattern)
+             frame; exact autoregressive factorisation, K x T steps (the research plan's interleaved pattern)
     delay    codebook k shifted right by k frames, one step emits one token per codebook
              [B, K, T + K - 1]: T + K - 1 steps, codebook k sees codebooks < k of its frame
              only through the delay (MusicGen's default)

@@ -90,7 +90,7 @@ def default_filter(module: nn.Module, name: str, config: QuantConfig) -> str | N
     hit = skip_pattern(name, config.skip)
     if hit:
         return f"name matches skip pattern {hit!r}"
-    group_size = getattr(config, "group_size", None)
+    group_size = config.input_group_size
     if group_size and module.in_features % group_size:
         return f"in_features {module.in_features} not a multiple of group_size {group_size}"
     return None

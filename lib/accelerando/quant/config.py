@@ -67,6 +67,11 @@ class QuantConfig:
         return self.needs_calibration
 
     @property
+    def input_group_size(self) -> int | None:
+        """Inputs that share a scale (a layer's in_features must be a multiple), or None."""
+        return getattr(self, "group_size", None)
+
+    @property
     def result_config(self) -> "QuantConfig":
         """The config that describes the model after `quantize_` applied this one (stored as
         `model.quantization_config`): itself, except for steps such as QAT's."""
@@ -294,6 +299,36 @@ class WeightOnlyConfig(QuantConfig):
             raise ValueError(f"unknown external method {method!r}: use one of {EXTERNAL_METHODS}")
         library, bits = method.split("-w")
         return cls(library=library, weight_bits=int(bits), **overrides)
+
+
+@dataclass
+class PackedWeightOnlyConfig(QuantConfig):
+    """Weight-only quantization in PyTorch's packed CPU layouts, for token-by-token decoding, where
+    the weight bytes read per token bound the speed: W8A16 (int8 codes per output channel,
+    `aten._weight_int8pack_mm`) or W4A16 (4-bit codes in groups of `group_size` inputs with a
+    scale and zero each, `aten._weight_int4pack_mm_for_cpu`), activations bf16. The quantized
+    model scores and runs through the same kernels, so its fidelity rows and its timings are of
+    the same numerics. No calibration (round to nearest)."""
+
+    weight_bits: int = 8
+    group_size: int = 64  # inputs per 4-bit scale/zero pair (8-bit: one scale per output channel)
+    skip: tuple[str, ...] = DEFAULT_SKIP
+    version: int = 1
+
+    def __post_init__(self):
+        if self.weight_bits not in (4, 8):
+            raise ValueError(f"weight_bits={self.weight_bits}: the packed CPU kernels take 4 or 8")
+        if self.weight_bits == 4 and self.group_size not in (32, 64, 128, 256):
+            raise ValueError(f"group_size={self.group_size}: the int4 kernel takes 32, 64, 128 or 256")
+        self.skip = tuple(self.skip)
+
+    @property
+    def input_group_size(self) -> int | None:
+        return self.group_size if self.weight_bits == 4 else None  # 8 bits: one scale per output channel
+
+    @property
+    def name(self) -> str:
+        return f"packed w{self.weight_bits}a16" + (f" g{self.group_size}" if self.weight_bits == 4 else "")
 
 
 def preset(method: str, weight_bits: int = 4, act_bits: int | None = 4, **overrides) -> SVDQuantConfig:

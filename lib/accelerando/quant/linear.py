@@ -274,8 +274,9 @@ class SVDQuantLinear(nn.Module):
 
     def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
         # FBGEMM's dynamic int8 linear quantizes activations per tensor and weights per output
-        # channel: not the group-wise reference numerics, but the one quantized GEMM that beats
-        # fp32 on this CPU (see shared NOTES); the low-rank branch runs beside it in fp32.
+        # channel: not the group-wise reference numerics, but a quantized GEMM that can beat fp32
+        # on a CPU (not bf16 on one with AMX: Chapter 4 times both); the low-rank branch runs
+        # beside it in fp32.
         if self._int8 is None:
             self._int8 = _fbgemm_linear(self.residual_weight(), self.bias)
         x_s = self.smoothed_input(x)
