@@ -11,14 +11,13 @@ import pytest
 import torch
 
 from accelerando.bench.quant_tokens import (
-    TOKEN_SKIP,
     causal_lm_logits,
     code_batches,
     musicgen_lite_batches,
     summarize_tokens,
     token_fidelity,
 )
-from accelerando.quant import QuantReport, preset, register_quantize_module_handler
+from accelerando.quant import TOKEN_SKIP, QuantReport, preset, register_quantize_module_handler
 
 
 @dataclass
