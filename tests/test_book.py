@@ -236,7 +236,9 @@ def test_book_builds_strictly(tmp_path):
     res = subprocess.run(book.jupyter_book_command(tmp_path), capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert (tmp_path / "_build" / "html" / "index.html").exists()
-    for chapter in chapter_names():
+    executed = [c for c in chapter_names() if (book.BOOK / "chapters" / f"{c}.ipynb").exists()]
+    assert len(executed) >= len(chapter_names()) - 1  # at most one new chapter awaits its first execution
+    for chapter in executed:
         page = (tmp_path / "_build" / "html" / "book" / "chapters" / f"{chapter}.html").read_text()
         stale = book.book_status(chapter)
         assert (book.STALE_BANNER_TITLE in page) == bool(stale), (chapter, stale)
