@@ -40,10 +40,17 @@ def test_quantize_swaps_linears_and_keeps_the_output_close():
         quantize_(nn.Sequential(nn.Linear(64, 64)), PackedWeightOnlyConfig(), calib=lambda m: None)
 
 
-def test_eight_bits_takes_any_width_and_bad_settings_are_refused():
-    layer_model = nn.Sequential(nn.Linear(100, 30))  # 100 inputs: no 4-bit group fits, 8 bits need none
-    quantize_(layer_model, PackedWeightOnlyConfig(weight_bits=8))
-    assert isinstance(layer_model[0], PackedWeightOnlyLinear)
+def test_widths_the_kernels_cannot_take_are_skipped_with_the_reason_and_bad_settings_are_refused():
+    # the x86 int8 kernel crashes the process on inputs that are not a multiple of 16 (found on an
+    # 18-input control projection), so quantize_ leaves such layers in full precision and says why
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(18, 32), nn.Linear(32, 96))
+    report = quantize_(model, PackedWeightOnlyConfig(weight_bits=8))
+    assert isinstance(model[0], nn.Linear) and isinstance(model[1], PackedWeightOnlyLinear)
+    assert "not a multiple of 16" in report.skipped["0"]
+    assert model(torch.randn(3, 18)).shape == (3, 96)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PackedWeightOnlyLinear(18, 32, weight_bits=8)
     with pytest.raises(ValueError, match="4 or 8"):
         PackedWeightOnlyConfig(weight_bits=2)
     with pytest.raises(ValueError, match="group_size"):

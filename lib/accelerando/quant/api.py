@@ -92,7 +92,8 @@ def default_filter(module: nn.Module, name: str, config: QuantConfig) -> str | N
         return f"name matches skip pattern {hit!r}"
     group_size = config.input_group_size
     if group_size and module.in_features % group_size:
-        return f"in_features {module.in_features} not a multiple of group_size {group_size}"
+        return (f"in_features {module.in_features} not a multiple of {group_size} (the inputs that share a scale, "
+                "or the kernel's input block: config.input_group_size)")
     return None
 
 

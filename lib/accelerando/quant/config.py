@@ -68,7 +68,7 @@ class QuantConfig:
 
     @property
     def input_group_size(self) -> int | None:
-        """Inputs that share a scale (a layer's in_features must be a multiple), or None."""
+        """A layer's in_features must be a multiple of this (the inputs that share a scale), or None."""
         return getattr(self, "group_size", None)
 
     @property
@@ -301,6 +301,9 @@ class WeightOnlyConfig(QuantConfig):
         return cls(library=library, weight_bits=int(bits), **overrides)
 
 
+INT8_PACK_INPUT_BLOCK = 16  # in_features of an `aten._weight_int8pack_mm` layer must be a multiple
+
+
 @dataclass
 class PackedWeightOnlyConfig(QuantConfig):
     """Weight-only quantization in PyTorch's packed CPU layouts, for token-by-token decoding, where
@@ -323,8 +326,10 @@ class PackedWeightOnlyConfig(QuantConfig):
         self.skip = tuple(self.skip)
 
     @property
-    def input_group_size(self) -> int | None:
-        return self.group_size if self.weight_bits == 4 else None  # 8 bits: one scale per output channel
+    def input_group_size(self) -> int:
+        # 8 bits has one scale per output channel, but the x86 int8 kernel reads inputs in blocks of
+        # 16 and crashes the process on other widths, so such layers are skipped with that reason
+        return self.group_size if self.weight_bits == 4 else INT8_PACK_INPUT_BLOCK
 
     @property
     def name(self) -> str:

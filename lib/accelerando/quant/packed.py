@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .api import QuantReport, _parameters, register_quantize_module_handler, select_layers
-from .config import PackedWeightOnlyConfig
+from .config import INT8_PACK_INPUT_BLOCK, PackedWeightOnlyConfig
 
 INNER_K_TILES = 2  # the int4 layout's tiling of the input dimension (PyTorch accepts 2, 4 or 8)
 
@@ -38,6 +38,9 @@ class PackedWeightOnlyLinear(nn.Module):
         super().__init__()
         if weight_bits == 4 and in_features % group_size:
             raise ValueError(f"in_features={in_features} is not a multiple of group_size={group_size}")
+        if weight_bits == 8 and in_features % INT8_PACK_INPUT_BLOCK:
+            raise ValueError(f"in_features={in_features} is not a multiple of {INT8_PACK_INPUT_BLOCK}: the int8 "
+                             "kernel reads inputs in blocks of 16; leave this layer in bf16 (quantize_ skips it)")
         self.in_features, self.out_features = in_features, out_features
         self.weight_bits, self.group_size = weight_bits, group_size
         if weight_bits == 8:
