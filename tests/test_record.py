@@ -102,3 +102,33 @@ def test_start_chapter_records_every_parameter_and_shows_provenance(tmp_path, mo
     assert (run.data["git"]["commit"] or "no git commit")[:10] in shown
     with pytest.raises(NameError, match="threads"):
         start_chapter("98_chapter", {"seed": 0, "sizes": []}, source=source)
+
+
+def test_book_outputs_do_not_make_the_tree_dirty_but_code_and_new_files_do(tmp_path):
+    import subprocess
+
+    from accelerando.machine import git_commit, git_diff
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "lib.py").write_text("x = 1\n")
+    (tmp_path / "book" / "records").mkdir(parents=True)
+    (tmp_path / "book" / "records" / "01.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    assert git_commit(tmp_path)["dirty"] is False
+
+    # another chapter's fresh record, as when the book is re-executed chapter by chapter
+    (tmp_path / "book" / "records" / "01.json").write_text('{"new": 1}\n')
+    state = git_commit(tmp_path)
+    assert state["dirty"] is False and "book/records/" in state["ignored"]
+    assert git_diff(tmp_path) == ""
+
+    (tmp_path / "lib.py").write_text("x = 2\n")
+    assert git_commit(tmp_path)["dirty"] is True
+    assert "lib.py" in git_diff(tmp_path) and "01.json" not in git_diff(tmp_path)
+    git("checkout", "lib.py")
+    (tmp_path / "new_module.py").write_text("y = 1\n")
+    assert git_commit(tmp_path)["dirty"] is True

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from .machine import REPO_ROOT, dirty_files
+from .machine import BOOK_RUN_OUTPUTS, REPO_ROOT, dirty_files
 from .players import NOTEBOOK_DIR_ENV
 from .record import ALLOW_DIRTY_ENV, BOOK_RECORD_DIR, RECORD_DIR_ENV, input_hashes, library_hashes
 from .record import default_params as _default_params
@@ -196,13 +196,9 @@ def book_status(chapter: str) -> list[str]:
     return stale_reasons(chapter, resolve_params(chapter), notebook, record_dir)
 
 
-# Paths a book run itself writes: they do not make the tree dirty for the next chapter.
-RUN_OUTPUTS = ("book/chapters/", "book/records/", "book/audio/")
-
-
 def check_clean_tree(allow_dirty: bool) -> None:
     """Refuse a book run from uncommitted changes, unless allowed (the record then stores the diff)."""
-    dirty = dirty_files(REPO_ROOT, ignore=RUN_OUTPUTS)
+    dirty = dirty_files(REPO_ROOT, ignore=BOOK_RUN_OUTPUTS)
     if dirty and not allow_dirty:
         shown = "\n  ".join(dirty[:20]) + (f"\n  ... and {len(dirty) - 20} more" if len(dirty) > 20 else "")
         raise ChapterError(

@@ -123,11 +123,18 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def git_commit(root: Path = REPO_ROOT) -> dict:
-    """The commit the code ran from, and whether the work tree had uncommitted changes."""
+# Paths a book run itself writes (executed notebooks, run records, audio). Re-executing the book
+# rewrites them chapter by chapter, so they are not uncommitted code for the chapters that follow.
+BOOK_RUN_OUTPUTS = ("book/chapters/", "book/records/", "book/audio/")
+
+
+def git_commit(root: Path = REPO_ROOT, ignore: tuple[str, ...] = BOOK_RUN_OUTPUTS) -> dict:
+    """The commit the code ran from, and whether the work tree had uncommitted changes (untracked
+    files included) outside the `ignore` prefixes, which are listed in the result."""
     commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit.strip() if commit else None, "dirty": bool(status.strip()) if status is not None else None}
+    dirty = dirty_files(root, ignore)
+    return {"commit": commit.strip() if commit else None, "dirty": bool(dirty) if dirty is not None else None,
+            "ignored": list(ignore)}
 
 
 def git_ignored(paths: list[str], root: Path = REPO_ROOT) -> set[str]:
@@ -140,9 +147,10 @@ def git_ignored(paths: list[str], root: Path = REPO_ROOT) -> set[str]:
     return set(out.stdout.splitlines()) if out.returncode in (0, 1) else set()  # 1: none ignored
 
 
-def git_diff(root: Path = REPO_ROOT) -> str | None:
-    """`git diff HEAD`: every uncommitted change to tracked files (None outside a repository)."""
-    return _git(root, "diff", "HEAD")
+def git_diff(root: Path = REPO_ROOT, ignore: tuple[str, ...] = BOOK_RUN_OUTPUTS) -> str | None:
+    """`git diff HEAD`: every uncommitted change to tracked files outside the `ignore` prefixes
+    (None outside a repository)."""
+    return _git(root, "diff", "HEAD", "--", ".", *(f":(exclude){prefix}" for prefix in ignore))
 
 
 def dirty_files(root: Path = REPO_ROOT, ignore: tuple[str, ...] = ()) -> list[str] | None:
