@@ -1,0 +1,95 @@
+"""Radial attention in a Stable Audio DiT, through its attention processors.
+
+    saved = apply_radial_attention(pipe.transformer, RadialConfig(bpm=120))   # every attn1
+    ...
+    remove_radial_attention(pipe.transformer, saved)                          # exactly what was there
+
+    with radial_attention_patch(pipe.transformer, config, kernel="blocks"):   # the same, scoped
+        audio = pipe(prompt, ...)
+
+Only the self-attention (`attn1`) changes; the cross-attention to the text keeps its processor.
+The DiT puts one global token (timing and conditioning) before the latent frames, so the config's
+first sink token is that token: keep `sink_tokens >= 1`. Installing goes through
+`set_attn_processor` (`accelerando.attention.processors`), so it stacks with other patches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .processors import attention_patch, install_attn_processors, is_self_attention, restore_attn_processors
+from .projections import attention_output, self_attention_inputs
+from .radial import KERNELS, RadialConfig, radial_attention
+
+
+class RadialAttnProcessor:
+    """A DiT self-attention under the radial rule; `StableAudioAttnProcessor2_0`'s call signature."""
+
+    def __init__(self, config: RadialConfig, kernel: str = "blocks"):
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r}: choose one of {KERNELS}")
+        self.config, self.kernel = config, kernel
+
+    def __repr__(self) -> str:
+        return f"RadialAttnProcessor({self.config}, kernel={self.kernel!r})"
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, rotary_emb=None) -> torch.Tensor:
+        """hidden_states [B, tokens, width] -> [B, tokens, width]; `attention_mask` [B, tokens] bool
+        marks the tokens that exist (as the DiT passes it), or None."""
+        if encoder_hidden_states is not None:
+            raise ValueError("radial attention is a self-attention rule: leave the cross-attention (attn2) "
+                             "its own processor (apply_radial_attention does)")
+        if attention_mask is not None and (attention_mask.dtype != torch.bool or attention_mask.dim() != 2):
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} {attention_mask.dtype}: radial attention "
+                             "takes a bool [batch, tokens] mask of existing tokens")
+        query, key, value = self_attention_inputs(attn, hidden_states, rotary_emb)
+        out = radial_attention(query, key, value, self.config, kernel=self.kernel, key_padding_mask=attention_mask)
+        return attention_output(attn, out.to(query.dtype), residual=hidden_states)
+
+
+def _check_dit_config(config: RadialConfig) -> None:
+    if config.sink_tokens < 1:
+        raise ValueError("sink_tokens=0 would cut the DiT's global token (timing and conditioning) off from the "
+                         "frames: use sink_tokens >= 1 for a Stable Audio DiT")
+    if config.causal:
+        raise ValueError("causal=True: a diffusion transformer denoises every frame at once; use causal "
+                         "attention for autoregressive models only")
+
+
+def apply_radial_attention(transformer: nn.Module, config: RadialConfig, kernel: str = "blocks",
+                           layers: set[int] | None = None) -> dict:
+    """Give the self-attention of `transformer` (a StableAudioDiTModel) radial processors, in every
+    block or in the blocks numbered in `layers`. Returns the processors it replaced, for
+    `remove_radial_attention`."""
+    _check_dit_config(config)
+    processor = RadialAttnProcessor(config, kernel)
+    return install_attn_processors(transformer, lambda name, old: processor if _chosen(name, layers) else old)
+
+
+def remove_radial_attention(transformer: nn.Module, saved: dict) -> None:
+    """Set back the processors `apply_radial_attention` replaced (the same objects)."""
+    restore_attn_processors(transformer, saved)
+
+
+@contextmanager
+def radial_attention_patch(transformer: nn.Module, config: RadialConfig, kernel: str = "blocks",
+                           layers: set[int] | None = None) -> Iterator[dict]:
+    """`apply_radial_attention` for the body of a `with` block; restored on exit, also on errors."""
+    _check_dit_config(config)
+    processor = RadialAttnProcessor(config, kernel)
+    with attention_patch(transformer, lambda name, old: processor if _chosen(name, layers) else old) as installed:
+        yield installed
+
+
+def _chosen(name: str, layers: set[int] | None) -> bool:
+    if not is_self_attention(name):
+        return False
+    if layers is None:
+        return True
+    block = next((int(part) for part in name.split(".") if part.isdigit()), None)
+    return block in layers
