@@ -62,8 +62,9 @@ def attention_layer_rows(minutes: list[float], config: RadialConfig, kernels: tu
                          *, heads: int = HEADS, rounds: int = 3, dtype: torch.dtype | None = None,
                          device: str = "cpu", seed: int = 0) -> list[dict]:
     """One self-attention layer ([1, heads, tokens, 64]) per track length: dense SDPA against each
-    radial kernel, interleaved over `rounds`; then each candidate's first call (kernel compilation
-    included) and its peak memory above the inputs, called alone."""
+    radial kernel, interleaved over `rounds`. Before that, each candidate alone: its first call
+    (compilation and the cached plan or block mask included) and then the peak memory of a warm
+    call above the inputs (`peak_mem_delta_bytes`)."""
     if rounds < 3:
         raise ValueError(f"rounds={rounds}: a ratio needs at least 3 interleaved rounds")
     dtype = dtype or fair_dtype(device)
@@ -77,10 +78,12 @@ def attention_layer_rows(minutes: list[float], config: RadialConfig, kernels: tu
             candidates[kernel] = lambda kernel=kernel: radial_attention(q, k, v, config, kernel=kernel)
         first, memory = {}, {}
         for name, fn in candidates.items():
-            with torch.no_grad(), PeakMemory(device) as mem:
+            with torch.no_grad():
                 start = time.perf_counter()
-                fn()
+                fn()  # a compiled kernel compiles here, and a plan or block mask is built and cached
                 first[name] = time.perf_counter() - start
+                with PeakMemory(device) as mem:
+                    fn()
             memory[name] = mem.delta_bytes
         timings = compare(candidates, rounds=rounds, baseline="dense", device=device)
         for name, t in timings.items():
@@ -107,7 +110,8 @@ def dit_block(transformer_config: dict, seed: int = 0):
 
 
 def block_rows(minutes: list[float], config: RadialConfig, transformer_config: dict, *, kernel: str = "blocks",
-               rounds: int = 3, text_tokens: int = 130, dtype: torch.dtype | None = None, seed: int = 0) -> list[dict]:
+               rounds: int = 3, text_tokens: int = 130, dtype: torch.dtype | None = None, device: str = "cpu",
+               seed: int = 0) -> list[dict]:
     """One full DiT block (self-attention, cross-attention to `text_tokens` states, feed-forward)
     with its stock processor against the radial one, interleaved, per track length; with the
     rotary table of the pipeline and the relative output change of the radial block."""
@@ -115,30 +119,31 @@ def block_rows(minutes: list[float], config: RadialConfig, transformer_config: d
 
     if rounds < 3:
         raise ValueError(f"rounds={rounds}: a ratio needs at least 3 interleaved rounds")
-    dtype = dtype or fair_dtype()
-    dense = dit_block(transformer_config, seed).to(dtype)
-    radial = dit_block(transformer_config, seed).to(dtype)
+    dtype = dtype or fair_dtype(device)
+    dense = dit_block(transformer_config, seed).to(device, dtype)
+    radial = dit_block(transformer_config, seed).to(device, dtype)
     radial.attn1.set_processor(RadialAttnProcessor(config, kernel))
     c = transformer_config
     rows = []
     for m in minutes:
         n = tokens_for(m, config)
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(1, n, c["num_attention_heads"] * c["attention_head_dim"], generator=g).to(dtype)
-        ctx = torch.randn(1, text_tokens, c["cross_attention_dim"], generator=g).to(dtype)
-        rot = get_1d_rotary_pos_embed(c["attention_head_dim"] // 2, n, use_real=True, repeat_interleave_real=False)
+        x = torch.randn(1, n, c["num_attention_heads"] * c["attention_head_dim"], generator=g).to(device, dtype)
+        ctx = torch.randn(1, text_tokens, c["cross_attention_dim"], generator=g).to(device, dtype)
+        rot = tuple(t.to(device) for t in get_1d_rotary_pos_embed(c["attention_head_dim"] // 2, n, use_real=True,
+                                                                 repeat_interleave_real=False))
         with torch.no_grad():
             ref = dense(x, encoder_hidden_states=ctx, rotary_embedding=rot).float()
             out = radial(x, encoder_hidden_states=ctx, rotary_embedding=rot).float()
         timings = compare({"dense": lambda: dense(x, encoder_hidden_states=ctx, rotary_embedding=rot),
                            kernel: lambda: radial(x, encoder_hidden_states=ctx, rotary_embedding=rot)},
-                          rounds=rounds, baseline="dense", device="cpu")
+                          rounds=rounds, baseline="dense", device=device)
         change = float((out - ref).norm() / ref.norm())
         for name, t in timings.items():
             rows.append({"component": "dit_block", "kernel": name, "minutes": m, "tokens": n, **t,
                          "relative_output_change": 0.0 if name == "dense" else change,
                          "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-                         "device": "cpu", "cpu": cpu_model()})
+                         "device": device, "cpu": cpu_model()})
     return rows
 
 
@@ -148,13 +153,14 @@ def density(config: RadialConfig, tokens: int) -> float:
 
 
 def generation_rows(pipe, captions: list[str], configs: dict[str, Callable[[str], RadialConfig]], *,
-                    seconds: float, steps: int, seed: int = 0, kernel: str = "blocks") -> list[dict]:
+                    seconds: float, steps: int, seed: int = 0, kernel: str = "blocks", keep_audio: int = 0) -> list[dict]:
     """Each caption generated by `pipe` (a Stable Audio pipeline) with dense attention and under
     each radial configuration, from the same noise; each radial clip is scored against its dense
     twin (MR-STFT distance, SI-SDR in dB) and every clip by its pulse at the caption's tempo
     (`beat_pulse`; None for captions that state no tempo).
 
     configs: {name: caption -> RadialConfig}, so a configuration can follow each caption's tempo.
+    keep_audio: the first this many prompts' rows also carry "audio" [channels, samples] and "sr".
     """
     from ..metrics.fidelity import mrstft_distance, si_sdr
     from ..metrics.rhythm import beat_pulse
@@ -172,7 +178,8 @@ def generation_rows(pipe, captions: list[str], configs: dict[str, Callable[[str]
 
         dense, sr = generate(pipe, caption, seconds=seconds, steps=steps, seed=seed + i)
         rows.append({"component": "generation", "config": "dense", "prompt": i, "caption": caption,
-                     "keys_per_query": tokens, "mrstft": 0.0, "si_sdr": None, "pulse": pulse(dense[0], sr)})
+                     "keys_per_query": tokens, "mrstft": 0.0, "si_sdr": None, "pulse": pulse(dense[0], sr),
+                     **({"audio": dense[0], "sr": sr} if i < keep_audio else {})})
         for name, make in configs.items():
             config = make(caption)
             with radial_attention_patch(pipe.transformer, config, kernel):
@@ -180,7 +187,7 @@ def generation_rows(pipe, captions: list[str], configs: dict[str, Callable[[str]
             rows.append({"component": "generation", "config": name, "prompt": i, "caption": caption,
                          "keys_per_query": min(config.keys_per_query(), tokens), "bar_s": config.bar / config.frame_rate,
                          "mrstft": mrstft_distance(dense[0], audio[0], sr), "si_sdr": si_sdr(dense[0], audio[0], sr),
-                         "pulse": pulse(audio[0], sr)})
+                         "pulse": pulse(audio[0], sr), **({"audio": audio[0], "sr": sr} if i < keep_audio else {})})
     return rows
 
 
@@ -205,3 +212,28 @@ def locality_rows(pipe, captions: list[str], *, seconds: float, steps: int, bars
                 row[f"contrast_{label}"] = None
         rows.append(row)
     return rows
+
+
+def same_budget_window(config: RadialConfig) -> RadialConfig:
+    """A local window alone (no bands) whose queries see as many keys as `config`'s do: the control
+    that asks whether the bar-spaced keys beat the same number of nearby ones."""
+    half = (config.keys_per_query() - config.sink_tokens - 1) // 2
+    return RadialConfig(window_s=half / config.frame_rate, bars_back=0, sink_tokens=config.sink_tokens,
+                        causal=config.causal, frame_rate=config.frame_rate, block_size=config.block_size)
+
+
+def off_bar(config: RadialConfig, factor: float = 1.37) -> RadialConfig:
+    """`config` with its bands at `factor` times the bar: the same budget, the wrong period."""
+    return RadialConfig(**{**config.__dict__, "bar_frames": factor * config.bar})
+
+
+def memory_slope(rows: list[dict], kernel: str) -> dict:
+    """Least-squares fit of a kernel's warm peak memory (bytes) against tokens, and against tokens
+    squared: the exponent of a power law through the points (1 linear, 2 quadratic)."""
+    pts = [(r["tokens"], r["peak_mem_delta_bytes"]) for r in rows
+           if r["component"] == "attention_layer" and r["kernel"] == kernel and r["peak_mem_delta_bytes"]]
+    if len(pts) < 2:
+        raise ValueError(f"kernel {kernel!r}: memory at two lengths at least is needed for a slope")
+    n, m = np.array(pts, dtype=float).T
+    exponent = float(np.polyfit(np.log(n), np.log(m), 1)[0])
+    return {"kernel": kernel, "bytes_per_token": float(np.polyfit(n, m, 1)[0]), "power_law_exponent": exponent}
