@@ -190,9 +190,9 @@ def test_dit_patch_installs_on_self_attention_and_restores_exactly(tiny_lite_pip
     stock = tr.attn_processors
     reference = _forward(tiny_lite_pipe)
     everything = RadialConfig(window_s=1000.0, bars_back=0)
-    with radial_attention_patch(tr, everything) as installed:
+    with radial_attention_patch(tr, everything):
         assert all(isinstance(p, RadialAttnProcessor) == name.endswith("attn1.processor")
-                   for name, p in installed.items())
+                   for name, p in tr.attn_processors.items())
         torch.testing.assert_close(_forward(tiny_lite_pipe), reference, atol=1e-5, rtol=1e-4)
     assert all(tr.attn_processors[k] is p for k, p in stock.items())
 

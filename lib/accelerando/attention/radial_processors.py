@@ -1,4 +1,5 @@
-"""Radial attention in a Stable Audio DiT, through its attention processors.
+"""Radial attention in a Stable Audio DiT, through its attention processors (and, through the same
+two calls, in a MusicGen-style token model: `radial_lm`).
 
     saved = apply_radial_attention(pipe.transformer, RadialConfig(bpm=120))   # every attn1
     ...
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .processors import attention_patch, install_attn_processors, is_self_attention, restore_attn_processors
+from .processors import install_attn_processors, is_self_attention, restore_attn_processors
 from .projections import attention_output, self_attention_inputs
 from .radial import KERNELS, RadialConfig, radial_attention
 
@@ -61,29 +62,41 @@ def _check_dit_config(config: RadialConfig) -> None:
                          "attention for autoregressive models only")
 
 
-def apply_radial_attention(transformer: nn.Module, config: RadialConfig, kernel: str = "blocks",
-                           layers: set[int] | None = None) -> dict:
-    """Give the self-attention of `transformer` (a StableAudioDiTModel) radial processors, in every
-    block or in the blocks numbered in `layers`. Returns the processors it replaced, for
-    `remove_radial_attention`."""
+def apply_radial_attention(model: nn.Module, config: RadialConfig, kernel: str = "blocks",
+                           layers: set[int] | None = None):
+    """Put radial attention on `model`: a diffusers StableAudioDiTModel (every block's self-attention,
+    or the blocks numbered in `layers`, through `set_attn_processor`), or a token model made of
+    transformers' MusicgenAttention (MusicGen's decoder, MusicGen-Lite; `config.causal` must be
+    set, see `radial_lm`). Returns what `remove_radial_attention` needs to undo it."""
+    if not hasattr(model, "attn_processors"):
+        from .radial_lm import patch_token_model
+
+        if layers is not None:
+            raise ValueError("layers= picks DiT blocks; a token model's patch covers every decoder layer")
+        return patch_token_model(model, config, kernel)
     _check_dit_config(config)
     processor = RadialAttnProcessor(config, kernel)
-    return install_attn_processors(transformer, lambda name, old: processor if _chosen(name, layers) else old)
+    return install_attn_processors(model, lambda name, old: processor if _chosen(name, layers) else old)
 
 
-def remove_radial_attention(transformer: nn.Module, saved: dict) -> None:
-    """Set back the processors `apply_radial_attention` replaced (the same objects)."""
-    restore_attn_processors(transformer, saved)
+def remove_radial_attention(model: nn.Module, saved) -> None:
+    """Undo `apply_radial_attention`: the DiT's processors that were there (the same objects), or
+    a token model's attention implementation."""
+    if hasattr(saved, "remove"):
+        saved.remove()
+    else:
+        restore_attn_processors(model, saved)
 
 
 @contextmanager
-def radial_attention_patch(transformer: nn.Module, config: RadialConfig, kernel: str = "blocks",
-                           layers: set[int] | None = None) -> Iterator[dict]:
-    """`apply_radial_attention` for the body of a `with` block; restored on exit, also on errors."""
-    _check_dit_config(config)
-    processor = RadialAttnProcessor(config, kernel)
-    with attention_patch(transformer, lambda name, old: processor if _chosen(name, layers) else old) as installed:
-        yield installed
+def radial_attention_patch(model: nn.Module, config: RadialConfig, kernel: str = "blocks",
+                           layers: set[int] | None = None) -> Iterator:
+    """`apply_radial_attention` for the body of a `with` block; undone on exit, also on errors."""
+    saved = apply_radial_attention(model, config, kernel, layers)
+    try:
+        yield saved
+    finally:
+        remove_radial_attention(model, saved)
 
 
 def _chosen(name: str, layers: set[int] | None) -> bool:

@@ -1,0 +1,77 @@
+"""Radial attention on token models (MusicGen-Lite A and B, transformers' MusicgenAttention): a
+window over everything changes nothing, cached decoding under the pattern equals recomputation and
+the dense kernel, removal restores the stock logits exactly, and bad settings name the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from accelerando.attention.radial import RadialConfig
+from accelerando.attention.radial_processors import apply_radial_attention, remove_radial_attention
+from accelerando.models.musicgen_lite import TINY_CONFIG, MusicGenLite, MusicGenLiteConfig, generate, inputs_and_labels
+
+RATE = 10.0  # steps per second of these tests: a bar of 2 s at 120 BPM is 20 steps
+NARROW = RadialConfig(window_s=0.4, bars_back=2, bpm=120, band_width_s=0.1, causal=True, frame_rate=RATE, block_size=4)
+
+
+def tiny(variant: str) -> MusicGenLite:
+    torch.manual_seed(0)
+    return MusicGenLite(MusicGenLiteConfig(variant=variant, **TINY_CONFIG)).eval()
+
+
+def condition(b: int = 2, length: int = 5):
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(b, length, TINY_CONFIG.get("text_dim", 384), generator=g)
+    mask = torch.ones(b, length, dtype=torch.long)
+    mask[1, 3:] = 0  # the second prompt is shorter
+    return states, mask
+
+
+def logits(model, codes, states, mask):
+    inputs, _ = inputs_and_labels(codes, model.config.codebook_size)
+    with torch.no_grad():
+        return model(inputs, states, mask)
+
+
+@pytest.mark.parametrize("variant", ["a", "b"])
+def test_token_model_patch_round_trips_and_decodes_consistently(variant):
+    model = tiny(variant)
+    states, mask = condition()
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, model.config.codebook_size, (2, model.config.codebooks, 60), generator=g)
+    stock = logits(model, codes, states, mask)
+
+    everything = RadialConfig(window_s=1000.0, bars_back=0, causal=True, frame_rate=RATE)
+    patch = apply_radial_attention(model, everything)
+    torch.testing.assert_close(logits(model, codes, states, mask), stock, atol=1e-5, rtol=1e-4)
+    remove_radial_attention(model, patch)
+
+    patch = apply_radial_attention(model, NARROW)
+    narrow = logits(model, codes, states, mask)
+    assert torch.isfinite(narrow).all() and not torch.allclose(narrow, stock, atol=1e-4)
+    cached, _ = generate(model, states, mask, frames=50, guidance=3.0, seed=0, use_cache=True, frame_rate=RATE)
+    recomputed, _ = generate(model, states, mask, frames=50, guidance=3.0, seed=0, use_cache=False, frame_rate=RATE)
+    assert torch.equal(cached, recomputed)
+    remove_radial_attention(model, patch)
+    dense = apply_radial_attention(model, NARROW, kernel="dense")
+    by_dense, _ = generate(model, states, mask, frames=50, guidance=3.0, seed=0, use_cache=True, frame_rate=RATE)
+    assert torch.equal(by_dense, cached)
+    remove_radial_attention(model, dense)
+
+    assert torch.equal(logits(model, codes, states, mask), stock)
+
+
+def test_token_model_settings_and_models_that_cannot_take_it():
+    model = tiny("a")
+    with pytest.raises(ValueError, match="causal=True"):
+        apply_radial_attention(model, RadialConfig(frame_rate=RATE))
+    with pytest.raises(ValueError, match="recompile"):
+        apply_radial_attention(model, NARROW, kernel="flex")
+    with pytest.raises(TypeError, match="MusicgenAttention"):
+        apply_radial_attention(nn.Linear(3, 3), NARROW)
+    patch = apply_radial_attention(model, NARROW)
+    with pytest.raises(RuntimeError, match="already"):
+        apply_radial_attention(model, NARROW)
+    remove_radial_attention(model, patch)
