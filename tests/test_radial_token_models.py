@@ -75,3 +75,26 @@ def test_token_model_settings_and_models_that_cannot_take_it():
     with pytest.raises(RuntimeError, match="already"):
         apply_radial_attention(model, NARROW)
     remove_radial_attention(model, patch)
+
+
+@pytest.mark.parametrize("variant", ["a", "b"])
+def test_bounded_cache_gives_the_full_forward_and_stays_bounded(variant):
+    model = tiny(variant)
+    states, mask = condition()
+    g = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, model.config.codebook_size, (2, model.config.codebooks, 60), generator=g)
+    inputs, _ = inputs_and_labels(codes, model.config.codebook_size)
+    patch = apply_radial_attention(model, NARROW)
+    with torch.no_grad():
+        full = model(inputs, states, mask)
+        cache = model.new_cache()
+        steps = []
+        for t in range(inputs.shape[-1]):
+            steps.append(model(inputs[:, :, t:t + 1], states, mask, cache=cache, past_steps=t))
+            self_cache = getattr(cache, "self_attention_cache", cache)
+            kept = self_cache.layers[0].keys.shape[-2]
+            assert kept <= patch.sinks + NARROW.reach
+    torch.testing.assert_close(torch.cat(steps, dim=2), full, atol=1e-5, rtol=1e-4)
+    assert self_cache.get_seq_length() == inputs.shape[-1] + (states.shape[1] if variant == "a" else 0)
+    remove_radial_attention(model, patch)
+    assert "new_cache" not in vars(model)

@@ -8,6 +8,13 @@ cross-attention to the text (and audio prompt) keeps the implementation it had. 
 A, a prefix LM, the text prefix of each call is added to the sinks, so every step still reads the
 whole prompt.
 
+A causal radial step never reads a key farther back than the pattern's reach (sinks aside), so
+MusicGen-Lite's key/value cache is bounded while the patch is on (`model.new_cache()` returns a
+`RadialCacheLayer` cache): it keeps the sinks and the last `reach` steps, and memory per generated
+step stays constant however long the piece. The attention is unchanged by the eviction: the kept
+keys are the sinks and one contiguous run ending at the query, so every distance the rule reads
+is the same in the shortened cache.
+
     patch = patch_token_model(lm, RadialConfig(causal=True, frame_rate=codec.frame_rate, bpm=120))
     ...                                   # generate as usual
     patch.remove()                        # the implementation, attributes and hooks that were there
@@ -19,6 +26,7 @@ from dataclasses import replace
 
 import torch
 from torch import nn
+from transformers.cache_utils import DynamicLayer
 
 from .radial import RadialConfig, radial_attention
 
@@ -49,13 +57,16 @@ def radial_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
     if dropout and module.training:
         raise ValueError("radial attention has no attention dropout: train with attention_dropout=0 or model.eval()")
     q_len, k_len = query.shape[2], key.shape[2]
-    exists = None
-    if attention_mask is not None:
-        last = attention_mask[:, 0, -1, :k_len]  # the last query may see every key that exists
-        exists = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min / 2
     config = state.config
     if state.prefix:
         config = replace(config, sink_tokens=config.sink_tokens + state.prefix)
+    exists = None
+    if attention_mask is not None:
+        last = attention_mask[:, 0, -1, :]  # the last query may see every key that exists
+        if last.shape[-1] > k_len:  # a bounded cache dropped the keys between the sinks and the recent run
+            sinks = min(config.sink_tokens, k_len)
+            last = torch.cat([last[:, :sinks], last[:, last.shape[-1] - (k_len - sinks):]], dim=-1)
+        exists = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min / 2
     out = radial_attention(query, key, value, config, kernel=state.kernel, query_start=k_len - q_len,
                            key_padding_mask=exists, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
@@ -89,6 +100,25 @@ class _TokenModelPatch:
         self._hook = None
         if getattr(getattr(model, "config", None), "variant", None) == "a":  # MusicGen-Lite A: the text is a prefix
             self._hook = model.register_forward_pre_hook(self._read_prefix, with_kwargs=True)
+        self._model = model if callable(getattr(model, "new_cache", None)) else None
+        if self._model is not None:  # MusicGen-Lite: its generation loop asks the model for a cache
+            stock = model.new_cache
+            model.new_cache = lambda: self._bounded(stock())
+
+    @property
+    def sinks(self) -> int:
+        return self.config.sink_tokens + self.prefix
+
+    def _bounded(self, stock_cache):
+        """The model's own cache with the self-attention part replaced by a bounded one."""
+        from functools import partial
+
+        from transformers.cache_utils import Cache, EncoderDecoderCache
+
+        bounded = Cache(layer_class_to_replicate=partial(RadialCacheLayer, self))
+        if isinstance(stock_cache, EncoderDecoderCache):
+            return EncoderDecoderCache(bounded, stock_cache.cross_attention_cache)
+        return bounded
 
     def _read_prefix(self, model, args, kwargs):
         text_states = kwargs["text_states"] if "text_states" in kwargs else args[1]
@@ -104,6 +134,42 @@ class _TokenModelPatch:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        if self._model is not None:
+            del self._model.new_cache  # the class's method again
+            self._model = None
+
+
+class RadialCacheLayer(DynamicLayer):
+    """A self-attention cache layer that keeps the sinks and the last `reach` steps only.
+
+    `update` returns the kept keys plus the new ones (all a causal radial query can read) and then
+    evicts what no later query will read. `get_seq_length` is the number of steps seen, as for the
+    full cache, so positions do not shift.
+    """
+
+    def __init__(self, patch: _TokenModelPatch):
+        super().__init__()
+        self.patch, self.seen = patch, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.seen += key_states.shape[-2]
+        keys = torch.cat([self.keys, key_states], dim=-2)
+        values = torch.cat([self.values, value_states], dim=-2)
+        sinks, reach = self.patch.sinks, self.patch.config.reach
+        if keys.shape[-2] > sinks + reach:
+            self.keys = torch.cat([keys[:, :, :sinks], keys[:, :, -reach:]], dim=-2)
+            self.values = torch.cat([values[:, :, :sinks], values[:, :, -reach:]], dim=-2)
+        else:
+            self.keys, self.values = keys, values
+        return keys, values
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
 
 
 def patch_token_model(model: nn.Module, config: RadialConfig, kernel: str = "blocks") -> _TokenModelPatch:
