@@ -23,7 +23,9 @@ Kernels, all equal to scaled_dot_product_attention under `radial_mask` (tests/te
   (the same offsets for every block, since the rule depends on distance only) and runs two small
   batched matmuls with the exact mask; memory is bounded by processing blocks in chunks;
 - "flex": torch's FlexAttention with a block mask built from the same rule, compiled by
-  torch.compile (Triton on a GPU, C++ on a CPU).
+  torch.compile (Triton on a GPU, C++ on a CPU);
+- "triton": the "blocks" plan in a hand-written Triton kernel with an online softmax
+  (`radial_triton`), for GPUs; on a CPU only under Triton's interpreter, for tests.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 STABLE_AUDIO_FRAME_RATE = 44100 / 2048  # latent frames per second of Stable Audio Open (and -Lite)
-KERNELS = ("dense", "blocks", "flex")
+KERNELS = ("dense", "blocks", "flex", "triton")
 GATHER_BYTES = 64 * 2**20  # keys and values one chunk of query blocks gathers, at most
 
 
@@ -218,7 +220,7 @@ def radial_attention(
         return _dense(query, key, value, config, query_start, key_padding_mask, scale)
     if kernel == "flex":
         return _flex(query, key, value, config, query_start, key_padding_mask, scale)
-    return _blocks(query, key, value, config, query_start, key_padding_mask, scale)
+    return _blocks(query, key, value, config, query_start, key_padding_mask, scale, use_triton=kernel == "triton")
 
 
 def repeat_kv_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -312,14 +314,19 @@ def _build_block_plan(config, n_queries, n_keys, query_start, device) -> dict:
             "index": index.clamp(0, n_keys - 1).to(device), "mask": mask.to(device)}
 
 
-def _blocks(query, key, value, config, query_start, key_padding_mask, scale) -> torch.Tensor:
+def _blocks(query, key, value, config, query_start, key_padding_mask, scale, use_triton=False) -> torch.Tensor:
     batch, heads, n_queries, dim = query.shape
     plan = block_plan(config, n_queries, key.shape[2], query_start, query.device)
     head_rows = plan["dense_rows"]
     outputs = []
     if head_rows:  # sink queries see every key (up to their own position when causal)
         outputs.append(_dense(query[:, :, :head_rows], key, value, config, query_start, key_padding_mask, scale))
-    if n_queries > head_rows:
+    if n_queries > head_rows and use_triton:
+        from .radial_triton import triton_block_attention
+
+        outputs.append(triton_block_attention(query, key, value, plan, _bias(plan, torch.float32), key_padding_mask,
+                                              scale))
+    elif n_queries > head_rows:
         block, blocks, index = plan["block"], plan["blocks"], plan["index"]
         width = index.shape[1]
         bias = _bias(plan, query.dtype)  # [blocks, block, width]: 0 where allowed, -inf elsewhere
