@@ -29,6 +29,11 @@ def condition(b: int = 2, length: int = 5):
     return states, mask
 
 
+def random_codes(model, seed: int, steps: int = 60) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.codebook_size, (2, model.config.codebooks, steps), generator=g)
+
+
 def logits(model, codes, states, mask):
     inputs, _ = inputs_and_labels(codes, model.config.codebook_size)
     with torch.no_grad():
@@ -39,8 +44,7 @@ def logits(model, codes, states, mask):
 def test_token_model_patch_round_trips_and_decodes_consistently(variant):
     model = tiny(variant)
     states, mask = condition()
-    g = torch.Generator().manual_seed(1)
-    codes = torch.randint(0, model.config.codebook_size, (2, model.config.codebooks, 60), generator=g)
+    codes = random_codes(model, seed=1)
     stock = logits(model, codes, states, mask)
 
     everything = RadialConfig(window_s=1000.0, bars_back=0, causal=True, frame_rate=RATE)
@@ -81,9 +85,7 @@ def test_token_model_settings_and_models_that_cannot_take_it():
 def test_bounded_cache_gives_the_full_forward_and_stays_bounded(variant):
     model = tiny(variant)
     states, mask = condition()
-    g = torch.Generator().manual_seed(2)
-    codes = torch.randint(0, model.config.codebook_size, (2, model.config.codebooks, 60), generator=g)
-    inputs, _ = inputs_and_labels(codes, model.config.codebook_size)
+    inputs, _ = inputs_and_labels(random_codes(model, seed=2), model.config.codebook_size)
     patch = apply_radial_attention(model, NARROW)
     with torch.no_grad():
         full = model(inputs, states, mask)
