@@ -230,3 +230,13 @@ def test_benchmark_rows_are_interleaved_ratios_with_the_configuration(capsys):
     assert main(["radial", "--minutes", "0.05", "--block-minutes", "--rounds", "3", "--json"]) == 0
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert any('"attention_layer"' in line for line in printed)
+
+
+def test_tempo_from_an_audio_prompt_and_refusals():
+    from test_generation_metrics import SR, clicks
+
+    config = RadialConfig.from_audio(clicks(120.0), SR, window_s=0.5)
+    assert config.window_s == 0.5
+    assert min(abs(config.bpm * f / 120.0 - 1) for f in (0.5, 1.0, 2.0)) < 0.05  # up to the metrical level
+    with pytest.raises(ValueError):
+        RadialConfig.from_audio(torch.zeros(1, SR * 4), SR)  # silence has no beat
