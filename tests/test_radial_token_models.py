@@ -100,3 +100,28 @@ def test_bounded_cache_gives_the_full_forward_and_stays_bounded(variant):
     assert self_cache.get_seq_length() == inputs.shape[-1] + (states.shape[1] if variant == "a" else 0)
     remove_radial_attention(model, patch)
     assert "new_cache" not in vars(model)
+
+
+def test_transformers_musicgen_takes_the_patch_with_padded_prompts():
+    from accelerando.models.musicgen import build_musicgen, musicgen_tokenizer
+
+    model = build_musicgen("tiny").eval()
+    tokens = musicgen_tokenizer()(["a slow chorale for brass in D minor", "a jig"], return_tensors="pt", padding=True)
+    assert not tokens.attention_mask.all()  # the second prompt is padded
+    codes = torch.randint(0, 2048, (2 * model.decoder.num_codebooks, 40), generator=torch.Generator().manual_seed(0))
+
+    def forward():
+        with torch.no_grad():
+            return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, decoder_input_ids=codes).logits
+
+    stock = forward()
+    rate = float(model.config.audio_encoder.frame_rate)
+    everything = apply_radial_attention(model, RadialConfig(window_s=1000.0, bars_back=0, causal=True, frame_rate=rate))
+    torch.testing.assert_close(forward(), stock, atol=1e-5, rtol=1e-4)
+    remove_radial_attention(model, everything)
+    narrow = apply_radial_attention(model, RadialConfig(window_s=0.1, bars_back=1, bpm=240, band_width_s=0.05,
+                                                        causal=True, frame_rate=rate, block_size=4))
+    changed = forward()
+    assert torch.isfinite(changed).all() and not torch.allclose(changed, stock, atol=1e-4)
+    remove_radial_attention(model, narrow)
+    assert torch.equal(forward(), stock)

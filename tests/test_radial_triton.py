@@ -47,6 +47,22 @@ def test_triton_kernel_equals_the_masked_reference(causal):
 
 
 @kernels
+def test_rows_without_any_key_are_zeros_and_bf16_runs():
+    config = RadialConfig(**{**CONFIG.__dict__, "sink_tokens": 0})
+    q, k, v = _qkv(37, 37, seed=2)
+    padding = torch.ones(1, 37, dtype=torch.bool, device=DEVICE)
+    padding[0, 10:] = False  # the last rows' window and bands all fall on padding
+    got = radial_attention(q, k, v, config, kernel="triton", key_padding_mask=padding)
+    torch.testing.assert_close(got, radial_attention(q, k, v, config, kernel="dense", key_padding_mask=padding),
+                               atol=1e-5, rtol=1e-4)
+    assert torch.equal(got[:, :, -1], torch.zeros_like(got[:, :, -1]))
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    got = radial_attention(qb, kb, vb, config, kernel="triton")
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - radial_attention(q, k, v, config, kernel="dense")).abs().max() < 0.05
+
+
+@kernels
 def test_triton_kernel_takes_decoding_rows():
     config = RadialConfig(**{**CONFIG.__dict__, "causal": True})
     q, k, v = _qkv(37, 37, seed=1)

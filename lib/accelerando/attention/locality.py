@@ -60,7 +60,8 @@ class DistanceProfileProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("the distance profile reads unmasked self-attention only")
+            raise ValueError("the distance profile reads plain self-attention: profile a DiT called without an "
+                             "attention_mask, with no other processor patch on its self-attention")
         query, key, value = self_attention_inputs(attn, hidden_states, rotary_emb)
         key, value = repeat_kv_heads(key, query.shape[1]), repeat_kv_heads(value, query.shape[1])
         scores = (query.float() @ key.float().transpose(-1, -2)) * query.shape[-1] ** -0.5

@@ -9,9 +9,9 @@ position k when, with d = |q - k| in latent frames,
     |d - j * bar| <= half_width(j), j = 1..bars_back   a band around each of the nearest bar offsets,
 
 and always when either is one of the first `sink_tokens` tokens (the Stable Audio DiT's global
-token; attention sinks of a language model). `causal` drops keys after the query. A query sees
-about 2 * window + 2 * sum(2 * half_width(j) + 1) keys whatever the length, so the cost grows
-linearly with the track instead of quadratically.
+token; attention sinks of a language model). `causal` drops keys after the query. A query sees at
+most 2 * window + 1 + 2 * sum(2 * half_width(j) + 1) keys plus the sinks (half as many when causal)
+whatever the length, so the cost grows linearly with the track instead of quadratically.
 
     config = RadialConfig(window_s=2.0, bars_back=4, bpm=120, beats_per_bar=4)
     out = radial_attention(q, k, v, config)               # q, k, v: [batch, heads, tokens, head_dim]
@@ -75,9 +75,9 @@ class RadialConfig:
         if not (self.frame_rate > 0 and math.isfinite(self.frame_rate)):
             raise ValueError(f"frame_rate={self.frame_rate}: give the model's token rate in Hz "
                              f"(Stable Audio latents {STABLE_AUDIO_FRAME_RATE:.2f}, MusicGen 50)")
-        if not self.window_s * self.frame_rate >= 0.5:  # rounds to at least one frame each side
+        if not self.window_s * self.frame_rate >= 1:
             raise ValueError(f"window_s={self.window_s}: the local window must cover at least one frame each side "
-                             f"(>= {0.5 / self.frame_rate:.3f} s at {self.frame_rate:.2f} frames/s)")
+                             f"(window_s >= {1 / self.frame_rate:.3f} s at {self.frame_rate:.2f} frames/s)")
         if int(self.bars_back) != self.bars_back or self.bars_back < 0:
             raise ValueError(f"bars_back={self.bars_back}: the number of bar-spaced bands is a whole number >= 0")
         if self.bars_back and self.bar_frames is None:
@@ -378,18 +378,44 @@ _FLEX: dict = {}
 
 def flex_block_mask(config: RadialConfig, n_queries: int, n_keys: int, query_start: int = 0,
                     device: torch.device | str | None = None):
-    """torch's BlockMask for the rule (the key padding is not in it: it is a score modification)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
+    """torch's BlockMask for the rule, built from the allowed offsets block by block (never from a
+    dense [n_queries, n_keys] grid, which at 10 minutes would take gigabytes); every listed block
+    is a partial one, so the mask_mod decides inside it. Key padding is not in it (a score_mod)."""
     device = torch.device(device or "cpu")
+    size = max(config.block_size, 128) if device.type == "cuda" else config.block_size
+    key = ("flex", config, n_queries, n_keys, query_start, str(device), size)
+    return _PLANS.get(key, lambda: _build_flex_mask(config, n_queries, n_keys, query_start, device, size))
+
+
+def _build_flex_mask(config, n_queries, n_keys, query_start, device, size):
+    from torch.nn.attention.flex_attention import BlockMask
 
     def mask_mod(b, h, q_idx, kv_idx):
         return allowed(config, q_idx + query_start, kv_idx)
 
-    key = ("mask", config, n_queries, n_keys, query_start, str(device))
-    block = max(config.block_size, 128) if device.type == "cuda" else config.block_size
-    return _PLANS.get(key, lambda: create_block_mask(mask_mod, None, None, n_queries, n_keys,
-                                                     device=device, BLOCK_SIZE=block))
+    d = config.offsets()
+    r = torch.arange(size)
+    q_blocks, kv_blocks = -(-n_queries // size), -(-n_keys // size)
+    sink_blocks = torch.arange(-(-config.sink_tokens // size)) if config.sink_tokens else torch.empty(0, dtype=torch.long)
+    rows = []
+    for i in range(q_blocks):
+        pos = query_start + i * size + r  # query positions of this block (the last may run past the end)
+        if int(pos[0]) < config.sink_tokens:  # a sink query reads every key (up to itself when causal)
+            last = (query_start + min((i + 1) * size, n_queries) - 1) // size if config.causal else kv_blocks - 1
+            blocks = torch.arange(min(last, kv_blocks - 1) + 1)
+        else:
+            blocks = torch.unique(torch.cat([torch.div(pos[:, None] - d[None, :], size, rounding_mode="floor").flatten(),
+                                             sink_blocks]))
+            blocks = blocks[(blocks >= 0) & (blocks < kv_blocks)]
+        rows.append(blocks)
+    width = max(len(b) for b in rows)
+    indices = torch.zeros(1, 1, q_blocks, width, dtype=torch.int32)
+    counts = torch.zeros(1, 1, q_blocks, dtype=torch.int32)
+    for i, blocks in enumerate(rows):
+        indices[0, 0, i, :len(blocks)] = blocks.to(torch.int32)
+        counts[0, 0, i] = len(blocks)
+    return BlockMask.from_kv_blocks(counts.to(device), indices.to(device), BLOCK_SIZE=size, mask_mod=mask_mod,
+                                    seq_lengths=(n_queries, n_keys))
 
 
 def _flex(query, key, value, config, query_start, key_padding_mask, scale) -> torch.Tensor:
@@ -403,8 +429,4 @@ def _flex(query, key, value, config, query_start, key_padding_mask, scale) -> to
         def score_mod(score, b, h, q_idx, kv_idx):
             return torch.where(key_padding_mask[b, kv_idx], score, float("-inf"))
     out = _FLEX["fn"](query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale)
-    if key_padding_mask is not None:  # rows left with no key: zeros, as the other kernels
-        seen = (radial_mask(query.shape[2], key.shape[2], config, query_start, query.device)[None]
-                & key_padding_mask[:, None, :]).any(-1)
-        out = out * seen[:, None, :, None].to(out.dtype)
-    return out
+    return out.nan_to_num(0.0)  # a row whose every key is padding: zeros, as the other kernels

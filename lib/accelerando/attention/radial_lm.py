@@ -34,18 +34,24 @@ IMPLEMENTATION = "accelerando_radial"  # the name under transformers' AttentionI
 
 
 def _registered() -> None:
+    """Register the attention function, and SDPA's mask builder under the same name: transformers
+    models (MusicGen's decoder) build their 4-D masks through it, and the cross-attention falls
+    back to SDPA with them."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     AttentionInterface.register(IMPLEMENTATION, radial_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, sdpa_mask)
 
 
 def radial_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                              **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: query [B, heads, q, head_dim], key and value
-    [B, heads, k, head_dim] (the cache included), `attention_mask` additive or bool [B, 1, q, k];
-    returns ([B, q, heads, head_dim], None). Modules without a radial config (cross-attention)
-    go to the implementation they had."""
+    [B, heads, k, head_dim] (the cache included), `attention_mask` None, a [B, k] key mask, or an
+    additive or bool [B, 1, q, k] mask; returns ([B, q, heads, head_dim], None). Only the mask's
+    key padding is read: the causal radial rule replaces its causal part. Modules without a radial
+    config (cross-attention) go to the implementation they had."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     from transformers.models.musicgen.modeling_musicgen import eager_attention_forward
 
@@ -62,11 +68,17 @@ def radial_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.
         config = replace(config, sink_tokens=config.sink_tokens + state.prefix)
     exists = None
     if attention_mask is not None:
-        last = attention_mask[:, 0, -1, :]  # the last query may see every key that exists
+        # the last query may see every key that exists
+        last = attention_mask if attention_mask.dim() == 2 else attention_mask[:, 0, -1, :]
         if last.shape[-1] > k_len:  # a bounded cache dropped the keys between the sinks and the recent run
             sinks = min(config.sink_tokens, k_len)
             last = torch.cat([last[:, :sinks], last[:, last.shape[-1] - (k_len - sinks):]], dim=-1)
-        exists = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min / 2
+        if last.dtype == torch.bool:
+            exists = last
+        elif last.is_floating_point():  # additive: 0 where allowed, a large negative where not
+            exists = last > torch.finfo(last.dtype).min / 2
+        else:  # 0/1 integers
+            exists = last != 0
     out = radial_attention(query, key, value, config, kernel=state.kernel, query_start=k_len - q_len,
                            key_padding_mask=exists, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
@@ -81,8 +93,9 @@ class _TokenModelPatch:
         self.config, self.kernel, self.prefix = config, kernel, 0
         layers = [m for m in model.modules() if hasattr(m, "self_attn") and isinstance(m.self_attn, MusicgenAttention)]
         if not layers:
-            raise TypeError(f"{type(model).__name__} has no decoder layers with a MusicgenAttention self_attn: pass "
-                            "MusicGen's decoder or a MusicGen-Lite model (a diffusers DiT goes to apply_radial_attention)")
+            raise TypeError(f"{type(model).__name__} has neither attention processors nor decoder layers with a "
+                            "MusicgenAttention self_attn: pass a StableAudioDiTModel (for a pipeline, pipe.transformer), "
+                            "a MusicGen model or its decoder, or a MusicGen-Lite model")
         self.self_attention = {layer.self_attn for layer in layers}
         self.modules = [m for m in model.modules() if isinstance(m, MusicgenAttention)]
         self.configs = list({id(m.config): m.config for m in self.modules}.values())

@@ -45,9 +45,11 @@ class RadialAttnProcessor:
         if encoder_hidden_states is not None:
             raise ValueError("radial attention is a self-attention rule: leave the cross-attention (attn2) "
                              "its own processor (apply_radial_attention does)")
-        if attention_mask is not None and (attention_mask.dtype != torch.bool or attention_mask.dim() != 2):
-            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} {attention_mask.dtype}: radial attention "
-                             "takes a bool [batch, tokens] mask of existing tokens")
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or attention_mask.is_floating_point():
+                raise ValueError(f"attention_mask {tuple(attention_mask.shape)} {attention_mask.dtype}: radial attention "
+                                 "takes the DiT's [batch, tokens] mask of existing tokens (bool or 0/1 integers)")
+            attention_mask = attention_mask.bool()
         query, key, value = self_attention_inputs(attn, hidden_states, rotary_emb)
         out = radial_attention(query, key, value, self.config, kernel=self.kernel, key_padding_mask=attention_mask)
         return attention_output(attn, out.to(query.dtype), residual=hidden_states)
@@ -75,6 +77,10 @@ def apply_radial_attention(model: nn.Module, config: RadialConfig, kernel: str =
             raise ValueError("layers= picks DiT blocks; a token model's patch covers every decoder layer")
         return patch_token_model(model, config, kernel)
     _check_dit_config(config)
+    if layers is not None:
+        blocks = {_block_of(name) for name in model.attn_processors if is_self_attention(name)}
+        if not set(layers) <= blocks:
+            raise ValueError(f"layers={sorted(layers)}: this DiT's blocks are numbered 0..{max(blocks)}")
     processor = RadialAttnProcessor(config, kernel)
     return install_attn_processors(model, lambda name, old: processor if _chosen(name, layers) else old)
 
@@ -99,10 +105,10 @@ def radial_attention_patch(model: nn.Module, config: RadialConfig, kernel: str =
         remove_radial_attention(model, saved)
 
 
+def _block_of(name: str) -> int | None:
+    """The block number in a processor key such as "transformer_blocks.3.attn1.processor"."""
+    return next((int(part) for part in name.split(".") if part.isdigit()), None)
+
+
 def _chosen(name: str, layers: set[int] | None) -> bool:
-    if not is_self_attention(name):
-        return False
-    if layers is None:
-        return True
-    block = next((int(part) for part in name.split(".") if part.isdigit()), None)
-    return block in layers
+    return is_self_attention(name) and (layers is None or _block_of(name) in layers)

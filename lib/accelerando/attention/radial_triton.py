@@ -96,6 +96,9 @@ def triton_block_attention(query: torch.Tensor, key: torch.Tensor, value: torch.
     """The non-sink rows of `query` [B, H, Nq, D] (from row plan["dense_rows"]) against `key`,
     `value` [B, H, Nk, D] under `plan` and its `bias` [blocks, block, width]; returns
     [B, H, Nq - dense_rows, D] in the query's dtype."""
+    if query.device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise RuntimeError(f"the radial Triton kernel got {query.device.type} tensors: move them to a CUDA device, or "
+                           "use kernel='blocks' on a CPU (TRITON_INTERPRET=1 runs it there, slowly, for tests)")
     batch, heads, n_queries, dim = query.shape
     first = plan["dense_rows"]
     n_rows = n_queries - first

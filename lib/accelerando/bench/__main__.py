@@ -261,11 +261,11 @@ def radial(args) -> list[dict]:
     records = [_print(r, args.json) for r in exactness_rows(config, kernels=tuple(args.kernels), seed=args.seed)]
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     for r in attention_layer_rows(args.minutes, config, tuple(args.kernels), rounds=args.rounds, dtype=dtype,
-                                  seed=args.seed):
+                                  device=args.device, seed=args.seed):
         records.append(_print(r, args.json))
     if args.block_minutes:
         for r in block_rows(args.block_minutes, config, TRANSFORMER_CONFIGS["full"], kernel=args.kernels[0],
-                            rounds=args.rounds, dtype=dtype, seed=args.seed):
+                            rounds=args.rounds, dtype=dtype, device=args.device, seed=args.seed):
             records.append(_print(r, args.json))
     return records
 
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--minutes", type=float, nargs="+", default=[1.0, 5.0, 10.0], help="track lengths of the layer timing")
     r.add_argument("--block-minutes", type=float, nargs="*", default=[10.0],
                    help="track lengths of the full-size DiT block timing (none: skip it)")
-    r.add_argument("--kernels", nargs="+", choices=["blocks", "flex", "triton", "dense"], default=["blocks"],
+    r.add_argument("--kernels", nargs="+", choices=["blocks", "flex", "triton"], default=["blocks"],
                    help="radial kernels timed against dense SDPA (the first also in the block)")
     r.add_argument("--window-s", type=float, default=2.0, help="local window, seconds each side")
     r.add_argument("--bars-back", type=int, default=4, help="bar-spaced bands each side")
@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--band-decay", type=float, default=1.0, help="each further band's half-width factor, (0, 1]")
     r.add_argument("--block-size", type=int, default=64, help="queries per block of the blocks kernel")
     r.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3)")
+    r.add_argument("--device", default="cpu", help="cpu or cuda: where the timed tensors live")
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="dtype of the timings (auto: bf16 on a GPU or a CPU with AMX, else fp32)")
     _common_flags(r, threads=1)
@@ -388,9 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.suite == "radial" and "triton" in args.kernels:
         from ..quant.triton_kernels import available
 
-        if not available():
-            parser.error("--kernels triton needs a CUDA GPU (on a CPU it only runs under TRITON_INTERPRET=1, for "
-                         "tests): time blocks or flex here")
+        if not available() or args.device != "cuda":
+            parser.error("--kernels triton needs a CUDA GPU and --device cuda (on a CPU it only runs under "
+                         "TRITON_INTERPRET=1, for tests): time blocks or flex here")
     if args.suite == "baseline" and any(s <= 0 for s in args.seconds):
         parser.error(f"--seconds must be positive, got {args.seconds}")
     if args.suite == "quant":

@@ -67,6 +67,9 @@ def attention_layer_rows(minutes: list[float], config: RadialConfig, kernels: tu
     call above the inputs (`peak_mem_delta_bytes`)."""
     if rounds < 3:
         raise ValueError(f"rounds={rounds}: a ratio needs at least 3 interleaved rounds")
+    if "dense" in kernels:
+        raise ValueError("kernels: 'dense' names the baseline (unmasked SDPA) here; the masked dense kernel is the "
+                         "reference of exactness_rows")
     dtype = dtype or fair_dtype(device)
     rows = []
     for m in minutes:
@@ -192,13 +195,17 @@ def generation_rows(pipe, captions: list[str], configs: dict[str, Callable[[str]
 
 
 def locality_rows(pipe, captions: list[str], *, seconds: float, steps: int, bars: int = 2, seed: int = 0) -> list[dict]:
-    """The trained DiT's attention weight by frame distance during dense sampling, per caption, and
-    its bar contrast (`bar_contrast`) at the caption's own bar and at a control bar: the bar of the
+    """The trained DiT's attention weight by frame distance during dense sampling, per caption that
+    states a tempo, and its bar contrast (`bar_contrast`) at the caption's own bar and at a control bar: the bar of the
     caption's tempo times 1.37, a ratio no common metre change produces."""
     from ..models.stable_audio_lite import generate
 
+    from ..musical_controls import MusicalControls
+
     rows = []
     for i, caption in enumerate(captions):
+        if MusicalControls.from_caption(caption, seconds).beats is None:
+            continue  # no tempo stated: no bar to test
         config = RadialConfig.from_caption(caption)
         with attention_by_distance(pipe.transformer) as profile:
             generate(pipe, caption, seconds=seconds, steps=steps, seed=seed + i)
@@ -217,7 +224,8 @@ def locality_rows(pipe, captions: list[str], *, seconds: float, steps: int, bars
 def same_budget_window(config: RadialConfig) -> RadialConfig:
     """A local window alone (no bands) whose queries see as many keys as `config`'s do: the control
     that asks whether the bar-spaced keys beat the same number of nearby ones."""
-    half = (config.keys_per_query() - config.sink_tokens - 1) // 2
+    keys = config.keys_per_query() - config.sink_tokens - 1  # besides the sinks and the query's own frame
+    half = keys if config.causal else keys // 2
     return RadialConfig(window_s=half / config.frame_rate, bars_back=0, sink_tokens=config.sink_tokens,
                         causal=config.causal, frame_rate=config.frame_rate, block_size=config.block_size)
 
