@@ -26,6 +26,7 @@ from ..machine import cpu_flags, cpu_model
 from .measure import PeakMemory, compare
 
 HEADS, HEAD_DIM = 24, 64  # Stable Audio Open's DiT self-attention: 24 heads of 64
+CONTROL_BAR_FACTOR = 1.37  # a bar this many times the true one: no common metre change gives the ratio
 
 
 def fair_dtype(device: torch.device | str = "cpu") -> torch.dtype:
@@ -196,10 +197,9 @@ def generation_rows(pipe, captions: list[str], configs: dict[str, Callable[[str]
 
 def locality_rows(pipe, captions: list[str], *, seconds: float, steps: int, bars: int = 2, seed: int = 0) -> list[dict]:
     """The trained DiT's attention weight by frame distance during dense sampling, per caption that
-    states a tempo, and its bar contrast (`bar_contrast`) at the caption's own bar and at a control bar: the bar of the
-    caption's tempo times 1.37, a ratio no common metre change produces."""
+    states a tempo, and its bar contrast (`bar_contrast`) at the caption's own bar and at a control
+    bar, CONTROL_BAR_FACTOR times the caption's."""
     from ..models.stable_audio_lite import generate
-
     from ..musical_controls import MusicalControls
 
     rows = []
@@ -212,7 +212,7 @@ def locality_rows(pipe, captions: list[str], *, seconds: float, steps: int, bars
         weight = profile.mean_weight()
         row = {"component": "locality", "prompt": i, "caption": caption, "bpm": config.bpm,
                "bar_frames": config.bar, "weight_by_distance": weight.tolist()}
-        for label, bar in (("own_bar", config.bar), ("control_bar", 1.37 * config.bar)):
+        for label, bar in (("own_bar", config.bar), ("control_bar", CONTROL_BAR_FACTOR * config.bar)):
             try:
                 row[f"contrast_{label}"] = bar_contrast(weight, bar, bars=bars)
             except ValueError:  # the clip is too short for this bar length
@@ -230,7 +230,7 @@ def same_budget_window(config: RadialConfig) -> RadialConfig:
                         causal=config.causal, frame_rate=config.frame_rate, block_size=config.block_size)
 
 
-def off_bar(config: RadialConfig, factor: float = 1.37) -> RadialConfig:
+def off_bar(config: RadialConfig, factor: float = CONTROL_BAR_FACTOR) -> RadialConfig:
     """`config` with its bands at `factor` times the bar: the same budget, the wrong period."""
     return RadialConfig(**{**config.__dict__, "bar_frames": factor * config.bar})
 
