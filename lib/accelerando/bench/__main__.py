@@ -6,6 +6,7 @@
     python -m accelerando.bench quant --skip-fidelity --skip-speed --tokens --qat --json
     python -m accelerando.bench quant --model stable-audio-open --weights DIR --steps 100 --seconds 10 --json
     python -m accelerando.bench sparse --json
+    python -m accelerando.bench radial --minutes 1 5 10 --kernels blocks flex --json
 """
 
 from __future__ import annotations
@@ -248,6 +249,27 @@ def _print(record: dict, as_json: bool) -> dict:
     return record
 
 
+def radial(args) -> list[dict]:
+    """WP3: radial attention against dense attention: exactness, one attention layer per track
+    length, one full-size DiT block (published config, random weights)."""
+    from ..attention.radial import RadialConfig
+    from ..models.stable_audio import TRANSFORMER_CONFIGS
+    from .radial import attention_layer_rows, block_rows, exactness_rows
+
+    config = RadialConfig(window_s=args.window_s, bars_back=args.bars_back, bpm=args.bpm, beats_per_bar=args.beats_per_bar,
+                          band_width_s=args.band_width_s, band_decay=args.band_decay, block_size=args.block_size)
+    records = [_print(r, args.json) for r in exactness_rows(config, kernels=tuple(args.kernels), seed=args.seed)]
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    for r in attention_layer_rows(args.minutes, config, tuple(args.kernels), rounds=args.rounds, dtype=dtype,
+                                  device=args.device, seed=args.seed):
+        records.append(_print(r, args.json))
+    if args.block_minutes:
+        for r in block_rows(args.block_minutes, config, TRANSFORMER_CONFIGS["full"], kernel=args.kernels[0],
+                            rounds=args.rounds, dtype=dtype, device=args.device, seed=args.seed):
+            records.append(_print(r, args.json))
+    return records
+
+
 def _emit(record: dict, as_json: bool) -> dict:
     if as_json:
         print(json.dumps(record), flush=True)
@@ -337,6 +359,24 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--skip-speed", action="store_true", help="skip the full-size speed measurements")
     s.add_argument("--skip-fidelity", action="store_true", help="skip the Lite edit-fidelity runs")
     _common_flags(s, threads=2, corpus=True)
+    r = sub.add_parser("radial", help="WP3 Radial Attention-Audio: exactness, layer and full-size block speed")
+    r.add_argument("--minutes", type=float, nargs="+", default=[1.0, 5.0, 10.0], help="track lengths of the layer timing")
+    r.add_argument("--block-minutes", type=float, nargs="*", default=[10.0],
+                   help="track lengths of the full-size DiT block timing (none: skip it)")
+    r.add_argument("--kernels", nargs="+", choices=["blocks", "flex", "triton"], default=["blocks"],
+                   help="radial kernels timed against dense SDPA (the first also in the block)")
+    r.add_argument("--window-s", type=float, default=2.0, help="local window, seconds each side")
+    r.add_argument("--bars-back", type=int, default=4, help="bar-spaced bands each side")
+    r.add_argument("--bpm", type=float, default=120.0, help="tempo that sets the bar length")
+    r.add_argument("--beats-per-bar", type=int, default=4)
+    r.add_argument("--band-width-s", type=float, default=0.25, help="half-width of the first band, seconds")
+    r.add_argument("--band-decay", type=float, default=1.0, help="each further band's half-width factor, (0, 1]")
+    r.add_argument("--block-size", type=int, default=64, help="queries per block of the blocks kernel")
+    r.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3)")
+    r.add_argument("--device", default="cpu", help="cpu or cuda: where the timed tensors live")
+    r.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="dtype of the timings (auto: bf16 on a GPU or a CPU with AMX, else fp32)")
+    _common_flags(r, threads=1)
     args = parser.parse_args(argv)
     if args.suite == "sparse" and not all(0 < f <= 1 for f in args.fractions):
         parser.error(f"--fractions must lie in (0, 1], got {args.fractions}")
@@ -344,6 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--refresh intervals must be >= 0, got {args.refresh}")
     if args.suite == "sparse" and any(k < 1 for k in args.corrected):
         parser.error(f"--corrected intervals must be >= 1 (a dense pass to correct from), got {args.corrected}")
+    if args.suite == "radial" and (args.rounds < 3 or any(m <= 0 for m in args.minutes + args.block_minutes)):
+        parser.error("--rounds must be >= 3 and every track length in --minutes/--block-minutes positive")
+    if args.suite == "radial" and "triton" in args.kernels:
+        from ..quant.triton_kernels import available
+
+        if not available() or args.device != "cuda":
+            parser.error("--kernels triton needs a CUDA GPU and --device cuda (on a CPU it only runs under "
+                         "TRITON_INTERPRET=1, for tests): time blocks or flex here")
     if args.suite == "baseline" and any(s <= 0 for s in args.seconds):
         parser.error(f"--seconds must be positive, got {args.seconds}")
     if args.suite == "quant":
@@ -375,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"and OBJECTIVE in {OBJECTIVES}")
     set_threads(args.threads)
     try:
-        {"baseline": baseline, "quant": quant, "sparse": sparse}[args.suite](args)
+        {"baseline": baseline, "quant": quant, "sparse": sparse, "radial": radial}[args.suite](args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
