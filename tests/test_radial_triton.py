@@ -47,7 +47,7 @@ def test_triton_kernel_equals_the_masked_reference(causal):
 
 
 @kernels
-def test_rows_without_any_key_are_zeros_and_bf16_runs():
+def test_rows_without_any_key_are_zeros_and_bf16_runs_on_a_gpu():
     config = RadialConfig(**{**CONFIG.__dict__, "sink_tokens": 0})
     q, k, v = _qkv(37, 37, seed=2)
     padding = torch.ones(1, 37, dtype=torch.bool, device=DEVICE)
@@ -56,6 +56,10 @@ def test_rows_without_any_key_are_zeros_and_bf16_runs():
     torch.testing.assert_close(got, radial_attention(q, k, v, config, kernel="dense", key_padding_mask=padding),
                                atol=1e-5, rtol=1e-4)
     assert torch.equal(got[:, :, -1], torch.zeros_like(got[:, :, -1]))
+    if not _ON_GPU:
+        # Triton 3.9's interpreter gets a plain bf16 tl.dot of two 16x16 tiles wrong by ~1e10 (checked
+        # apart from this kernel), so bf16 is checked on a GPU only
+        return
     qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
     got = radial_attention(qb, kb, vb, config, kernel="triton")
     assert got.dtype == torch.bfloat16
