@@ -107,6 +107,10 @@ def render_all(pipe, prompts: list[str], *, seconds: float, steps: int, guidance
     return torch.cat([c for c, _ in clips]), clips[0][1]
 
 
+FIDELITY_COLUMNS = {"mrstft": "MR-STFT", "complex_mrstft": "complex MR-STFT", "si_sdr": "SI-SDR (dB)", "lsd": "LSD"}
+"""The columns `fidelity_scores` fills, with the labels tables print."""
+
+
 def fidelity_scores(ref: np.ndarray, gen: np.ndarray, sr: int) -> dict:
     """SCORES of one clip `gen` against its full-precision twin `ref` ([channels,
     samples], sr Hz): MR-STFT and complex MR-STFT distances, SI-SDR (dB), log-spectral distance."""
