@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"data"},
     {"models"},
     {"metrics"},
-    {"quant", "sparse", "attention", "edit", "editing"},
+    {"quant", "sparse", "attention", "edit", "editing", "distributed"},
     {"train"},
     {"bench"},
     {"book"},

@@ -7,12 +7,14 @@
     python -m accelerando.bench quant --model stable-audio-open --weights DIR --steps 100 --seconds 10 --json
     python -m accelerando.bench sparse --json
     python -m accelerando.bench radial --minutes 1 5 10 --kernels blocks flex --json
+    torchrun --nproc-per-node 2 -m accelerando.bench distributed --seconds 10 47 120 --json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import torch
@@ -270,6 +272,25 @@ def radial(args) -> list[dict]:
     return records
 
 
+def distributed(args) -> list[dict]:
+    """WP4: one patch-parallel DiT step on the torchrun ranks against one process (rank 0 alone)."""
+    import torch.distributed as dist
+
+    from .distributed import step_rows
+
+    if "WORLD_SIZE" not in os.environ:
+        raise ValueError("the distributed suite runs under torchrun: "
+                         "torchrun --nproc-per-node 2 -m accelerando.bench distributed --json")
+    dist.init_process_group("gloo" if args.device == "cpu" else "nccl")
+    try:
+        dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+        rows = step_rows(args.seconds, args.preset, tuple(args.modes), rounds=args.rounds,
+                         warmup_steps=args.warmup_steps, dtype=dtype, seed=args.seed)
+        return [_print(r, args.json) for r in rows] if dist.get_rank() == 0 else rows
+    finally:
+        dist.destroy_process_group()
+
+
 def _emit(record: dict, as_json: bool) -> dict:
     if as_json:
         print(json.dumps(record), flush=True)
@@ -377,7 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="dtype of the timings (auto: bf16 on a GPU or a CPU with AMX, else fp32)")
     _common_flags(r, threads=1)
+    d = sub.add_parser("distributed", help="WP4 patch-parallel DiT steps on the torchrun ranks against one process")
+    d.add_argument("--seconds", type=float, nargs="+", default=[10.0, 47.0, 120.0], help="track lengths")
+    d.add_argument("--preset", choices=["full", "small", "tiny"], default="full", help="DiT size (random weights)")
+    d.add_argument("--modes", nargs="+", choices=["exact", "stale"], default=["exact", "stale"])
+    d.add_argument("--warmup-steps", type=int, default=1, help="exact steps before the stale exchange")
+    d.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3)")
+    d.add_argument("--device", choices=["cpu"], default="cpu", help="cpu (gloo); NCCL on GPUs is not wired yet")
+    d.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto: bf16 on a CPU with AMX, else fp32")
+    _common_flags(d, threads=1)
     args = parser.parse_args(argv)
+    if args.suite == "distributed" and (args.rounds < 3 or args.warmup_steps < 0 or any(s <= 0 for s in args.seconds)):
+        parser.error("--rounds must be >= 3, --warmup-steps >= 0 and every --seconds positive")
     if args.suite == "sparse" and not all(0 < f <= 1 for f in args.fractions):
         parser.error(f"--fractions must lie in (0, 1], got {args.fractions}")
     if args.suite == "sparse" and any(k < 0 for k in args.refresh):
@@ -423,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"and OBJECTIVE in {OBJECTIVES}")
     set_threads(args.threads)
     try:
-        {"baseline": baseline, "quant": quant, "sparse": sparse, "radial": radial}[args.suite](args)
+        {"baseline": baseline, "quant": quant, "sparse": sparse, "radial": radial,
+         "distributed": distributed}[args.suite](args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

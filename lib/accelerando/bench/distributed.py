@@ -1,0 +1,116 @@
+"""Patch-parallel DiT steps against one process: step time, speed-up, bytes exchanged, deviation.
+
+Run under torchrun, every rank the same command:
+
+    torchrun --nproc-per-node 2 -m accelerando.bench distributed --seconds 10 47 120 --json
+
+One denoising step of a Stable Audio DiT (published config, random weights, the same on every
+rank; the classifier-free-guidance batch of two) on a track of each length: one process alone
+(rank 0 computes, the others wait at a barrier, so "one device" has the same threads as each rank
+of the parallel run), then all ranks patch-parallel in the exact and the stale mode
+(`accelerando.distributed.patch_parallel`), interleaved over `rounds`. A parallel step's time is
+the slowest rank's. The stale mode is timed after its warm-up steps, so its exchange overlaps
+compute as it does in a generation. Deviation: the largest absolute difference of each mode's
+output from the single process's, on the same inputs and timestep (the stale mode's keys and values
+of the other ranks come from the warm-up step, one timestep earlier, on the same latent).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..distributed import patch_parallel
+from ..machine import cpu_model
+from ..models.stable_audio import TRANSFORMER_CONFIGS
+from .radial import fair_dtype
+
+FRAME_RATE = 44100 / 2048  # Stable Audio Open's latent frames per second
+TEXT_TOKENS = 64           # T5 tokens of a prompt, as the pipeline pads them
+
+
+def _inputs(config: dict, frames: int, dtype: torch.dtype, seed: int) -> dict:
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    g = torch.Generator().manual_seed(seed)
+    batch = 2  # conditional and unconditional rows of classifier-free guidance
+    return {
+        "hidden_states": torch.randn(batch, config["in_channels"], frames, generator=g).to(dtype),
+        "encoder_hidden_states": torch.randn(batch, TEXT_TOKENS, config["cross_attention_input_dim"], generator=g).to(dtype),
+        "global_hidden_states": torch.randn(batch, 1, config["global_states_input_dim"], generator=g).to(dtype),
+        "rotary_embedding": get_1d_rotary_pos_embed(config["attention_head_dim"] // 2, frames + 1, use_real=True,
+                                                    repeat_interleave_real=False),
+    }
+
+
+def _step(transformer, inputs: dict, timestep: float) -> torch.Tensor:
+    t = torch.tensor([timestep], dtype=inputs["hidden_states"].dtype)
+    with torch.inference_mode():
+        return transformer(inputs["hidden_states"], t, encoder_hidden_states=inputs["encoder_hidden_states"],
+                           global_hidden_states=inputs["global_hidden_states"],
+                           rotary_embedding=inputs["rotary_embedding"], return_dict=False)[0]
+
+
+def _slowest(seconds: float) -> float:
+    t = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def step_rows(seconds: list[float], preset: str = "full", modes: tuple[str, ...] = ("exact", "stale"), *,
+              rounds: int = 3, warmup_steps: int = 1, dtype: torch.dtype | None = None, seed: int = 0) -> list[dict]:
+    """Per track length: one process and each patch-parallel mode, interleaved over `rounds`; a row
+    per (seconds, variant) with min and median step time, speed-up against one process (median of
+    the per-round ratios), bytes received per step per rank and the deviation from one process."""
+    from diffusers import StableAudioDiTModel
+
+    if not dist.is_initialized():
+        raise RuntimeError("run under torchrun: torchrun --nproc-per-node 2 -m accelerando.bench distributed ...")
+    if rounds < 3:
+        raise ValueError(f"rounds={rounds}: a ratio needs at least 3 interleaved rounds")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dtype = dtype or fair_dtype()
+    config = TRANSFORMER_CONFIGS[preset]
+    torch.manual_seed(seed)  # the same random weights on every rank
+    transformer = StableAudioDiTModel(**config).to(dtype).eval()
+    rows = []
+    for s in seconds:
+        frames = int(round(s * FRAME_RATE))
+        inputs = _inputs(config, frames, dtype, seed)
+        times: dict[str, list[float]] = {"one process": [], **{m: [] for m in modes}}
+        outputs, received = {}, {}
+        for _ in range(rounds):
+            dist.barrier()
+            start = time.perf_counter()
+            if rank == 0:
+                outputs["one process"] = _step(transformer, inputs, 999.0)
+            elapsed = time.perf_counter() - start
+            dist.barrier()
+            times["one process"].append(_slowest(elapsed if rank == 0 else 0.0))
+            for mode in modes:
+                with patch_parallel(transformer, mode=mode, warmup_steps=warmup_steps) as run:
+                    for step in range(warmup_steps if mode == "stale" else 0):  # fill the stale keys and values,
+                        _step(transformer, inputs, 999.0 + warmup_steps - step)  # at earlier (higher) timesteps
+                    before = run.bytes_received
+                    dist.barrier()
+                    start = time.perf_counter()
+                    outputs[mode] = _step(transformer, inputs, 999.0)  # the timestep one process ran
+                    times[mode].append(_slowest(time.perf_counter() - start))
+                    received[mode] = run.bytes_received - before
+        reference = outputs.get("one process") if rank == 0 else None
+        for variant, series in times.items():
+            row = {"component": "patch_parallel_step", "seconds": s, "frames": frames, "variant": variant,
+                   "ranks": 1 if variant == "one process" else world, "preset": preset,
+                   "dtype": str(dtype).replace("torch.", ""), "threads_per_rank": torch.get_num_threads(),
+                   "step_s_min": min(series), "step_s_median": statistics.median(series), "rounds": rounds,
+                   "cpu": cpu_model()}
+            if variant != "one process":
+                row["speedup"] = statistics.median(a / b for a, b in zip(times["one process"], series))
+                row["bytes_received_per_rank"] = received[variant]
+                if rank == 0:
+                    row["max_abs_deviation"] = float((outputs[variant].float() - reference.float()).abs().max())
+            rows.append(row)
+    return rows
