@@ -8,7 +8,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from accelerando.distributed import frame_slices, patch_parallel
+from accelerando.distributed import exchanged_bytes, frame_slices, measure_link, patch_parallel
+from accelerando.models.stable_audio import TRANSFORMER_CONFIGS, build_stable_audio
+from accelerando.quant import preset, quantize_
 
 STEPS = 4
 
@@ -20,8 +22,6 @@ def _generate(pipe):
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    from accelerando.models.stable_audio import build_stable_audio
-
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -34,6 +34,13 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 results[mode] = _generate(pipe)
                 results[mode + "_again"] = _generate(pipe)  # a second generation resets the stale state
             results[mode + "_counts"] = (run.exact_exchanges, run.stale_exchanges, run.bytes_received)
+        # it composes with quantization: per-token activation codes see the same tokens either way
+        quantize_(pipe.transformer, preset("rtn", 8, 8, group_size=16))
+        results["quantized_single"] = _generate(pipe)
+        with patch_parallel(pipe.transformer, mode="exact"):
+            results["quantized_exact"] = _generate(pipe)
+        link = measure_link(sizes=(2**12, 2**18), rounds=3)
+        results["link"] = (link.bytes_per_s, link.latency_s)
         after = dict(pipe.transformer.attn_processors)
         results["restored"] = all(after[k] is before[k] for k in before)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -53,9 +60,18 @@ def test_exact_mode_reproduces_the_single_process_generation(two_ranks):
         assert (res["exact"] - res["single"]).abs().max() < 1e-5
         assert torch.equal(res["exact"], res["exact_again"])
         exact, stale, received = res["exact_counts"]
-        assert stale == 0 and exact > 0 and received > 0
+        assert stale == 0 and exact > 0
+        # two generations of STEPS steps, each all-gathering what the cost model counts (batch 2: guidance)
+        assert received == 2 * STEPS * exchanged_bytes(TRANSFORMER_CONFIGS["tiny"], 32, 2)["keys_values"]
+        assert res["link"][0] > 0 and res["link"][1] >= 0
         assert res["restored"]
     assert torch.equal(two_ranks[0]["exact"], two_ranks[1]["exact"])  # every rank holds the whole latent
+
+
+def test_exact_mode_composes_with_quantization(two_ranks):
+    for res in two_ranks:
+        assert not torch.equal(res["quantized_single"], res["single"])
+        assert (res["quantized_exact"] - res["quantized_single"]).abs().max() < 1e-5
 
 
 def test_stale_mode_uses_the_previous_steps_keys_and_values(two_ranks):
@@ -76,8 +92,6 @@ def test_frame_slices_cover_the_track_in_order():
 
 
 def test_patch_parallel_needs_an_initialised_process_group():
-    from accelerando.models.stable_audio import build_stable_audio
-
     pipe = build_stable_audio("tiny", device="cpu")
     if dist.is_initialized():
         pytest.skip("a process group is already initialised in this process")

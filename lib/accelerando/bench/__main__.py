@@ -8,6 +8,7 @@
     python -m accelerando.bench sparse --json
     python -m accelerando.bench radial --minutes 1 5 10 --kernels blocks flex --json
     torchrun --nproc-per-node 2 -m accelerando.bench distributed --seconds 10 47 120 --json
+    torchrun --nproc-per-node 2 -m accelerando.bench distributed --seconds --quality-prompts 8 --json
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def distributed(args) -> list[dict]:
     """WP4: one patch-parallel DiT step on the torchrun ranks against one process (rank 0 alone)."""
     import torch.distributed as dist
 
-    from .distributed import step_rows
+    from .distributed import quality_rows, step_rows
 
     if "WORLD_SIZE" not in os.environ:
         raise ValueError("the distributed suite runs under torchrun: "
@@ -285,7 +286,14 @@ def distributed(args) -> list[dict]:
     try:
         dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
         rows = step_rows(args.seconds, args.preset, tuple(args.modes), rounds=args.rounds,
-                         warmup_steps=args.warmup_steps, dtype=dtype, seed=args.seed)
+                         warmup_steps=args.warmup_steps, dtype=dtype, seed=args.seed) if args.seconds else []
+        if args.quality_prompts:
+            from ..data import build_corpus, preset as corpus_preset
+
+            corpus = build_corpus(corpus_preset(args.corpus, sample_rate=22050))
+            prompts = [c.caption for c in corpus.filter(split="test")][: args.quality_prompts]
+            rows += quality_rows(prompts, steps=args.quality_steps, seconds=args.quality_seconds,
+                                 warmup_steps=tuple(args.quality_warmup), seed=args.seed)
         return [_print(r, args.json) for r in rows] if dist.get_rank() == 0 else rows
     finally:
         dist.destroy_process_group()
@@ -399,7 +407,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="dtype of the timings (auto: bf16 on a GPU or a CPU with AMX, else fp32)")
     _common_flags(r, threads=1)
     d = sub.add_parser("distributed", help="WP4 patch-parallel DiT steps on the torchrun ranks against one process")
-    d.add_argument("--seconds", type=float, nargs="+", default=[10.0, 47.0, 120.0], help="track lengths")
+    d.add_argument("--seconds", type=float, nargs="*", default=[10.0, 47.0, 120.0],
+                   help="track lengths of the step timing (none: skip it)")
+    d.add_argument("--quality-prompts", type=int, default=0,
+                   help="test captions generated whole by Stable-Audio-Lite per variant (0: skip)")
+    d.add_argument("--quality-steps", type=int, default=25, help="denoising steps of those generations")
+    d.add_argument("--quality-seconds", type=float, default=4.0, help="seconds of audio scored per generation")
+    d.add_argument("--quality-warmup", type=int, nargs="+", default=[1, 2, 4], help="warm-up steps of the stale variants")
     d.add_argument("--preset", choices=["full", "small", "tiny"], default="full", help="DiT size (random weights)")
     d.add_argument("--modes", nargs="+", choices=["exact", "stale"], default=["exact", "stale"])
     d.add_argument("--warmup-steps", type=int, default=1, help="exact steps before the stale exchange")
@@ -407,10 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--device", choices=["cpu"], default="cpu", help="cpu (gloo); NCCL on GPUs is not wired yet")
     d.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto: bf16 on a CPU with AMX, else fp32")
-    _common_flags(d, threads=1)
+    _common_flags(d, threads=1, corpus=True)
     args = parser.parse_args(argv)
-    if args.suite == "distributed" and (args.rounds < 3 or args.warmup_steps < 0 or any(s <= 0 for s in args.seconds)):
-        parser.error("--rounds must be >= 3, --warmup-steps >= 0 and every --seconds positive")
+    if args.suite == "distributed" and (args.rounds < 3 or args.warmup_steps < 0 or any(s <= 0 for s in args.seconds)
+                                        or args.quality_prompts < 0 or args.quality_steps < 1
+                                        or min(args.quality_warmup) < 0 or args.quality_seconds <= 0):
+        parser.error("--rounds must be >= 3, --warmup-steps and --quality-warmup >= 0, --quality-prompts >= 0, "
+                     "--quality-steps >= 1, and every --seconds and --quality-seconds positive")
     if args.suite == "sparse" and not all(0 < f <= 1 for f in args.fractions):
         parser.error(f"--fractions must lie in (0, 1], got {args.fractions}")
     if args.suite == "sparse" and any(k < 0 for k in args.refresh):

@@ -13,6 +13,14 @@ the slowest rank's. The stale mode is timed after its warm-up steps, so its exch
 compute as it does in a generation. Deviation: the largest absolute difference of each mode's
 output from the single process's, on the same inputs and timestep (the stale mode's keys and values
 of the other ranks come from the warm-up step, one timestep earlier, on the same latent).
+Prediction: the cost model (`accelerando.distributed.cost_model`) with this CPU's rate calibrated on
+the first length's one-process step and the link measured by timed all-gathers; every other
+point is a prediction checked against its measurement ("predicted_over_measured").
+
+`quality_rows` reads the stale mode where it matters, in whole generations of the trained
+Stable-Audio-Lite: each variant's decoded audio against the one-process audio of the same prompt and
+noise, beside two scales to read it against (the exact mode: float rounding; one process from other
+noise: a different piece of music for the same prompt).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from ..distributed import patch_parallel
+from ..distributed import Device, dit_step_flops, measure_link, patch_parallel, patch_parallel_cost
+from .quant import fidelity_scores
 from ..machine import cpu_model
 from ..models.stable_audio import TRANSFORMER_CONFIGS
 from .radial import fair_dtype
@@ -76,7 +85,9 @@ def step_rows(seconds: list[float], preset: str = "full", modes: tuple[str, ...]
     config = TRANSFORMER_CONFIGS[preset]
     torch.manual_seed(seed)  # the same random weights on every rank
     transformer = StableAudioDiTModel(**config).to(dtype).eval()
-    rows = []
+    link = measure_link(f"gloo, {world} ranks on this machine")
+    element = torch.tensor([], dtype=dtype).element_size()
+    device, rows = None, []
     for s in seconds:
         frames = int(round(s * FRAME_RATE))
         inputs = _inputs(config, frames, dtype, seed)
@@ -101,16 +112,58 @@ def step_rows(seconds: list[float], preset: str = "full", modes: tuple[str, ...]
                     times[mode].append(_slowest(time.perf_counter() - start))
                     received[mode] = run.bytes_received - before
         reference = outputs.get("one process") if rank == 0 else None
+        if device is None:  # calibrated once, on the first length: the others are predictions
+            device = Device.calibrated(f"{cpu_model()}, {torch.get_num_threads()} thread(s), {dtype}",
+                                       dit_step_flops(config, frames), statistics.median(times["one process"]))
         for variant, series in times.items():
             row = {"component": "patch_parallel_step", "seconds": s, "frames": frames, "variant": variant,
                    "ranks": 1 if variant == "one process" else world, "preset": preset,
                    "dtype": str(dtype).replace("torch.", ""), "threads_per_rank": torch.get_num_threads(),
                    "step_s_min": min(series), "step_s_median": statistics.median(series), "rounds": rounds,
                    "cpu": cpu_model()}
+            cost = patch_parallel_cost(config, frames, world, device, link, mode=variant if variant in ("exact", "stale")
+                                       else "exact", bytes_per_element=element)
+            row["predicted_s"] = cost.one_process_s if variant == "one process" else cost.total_s
+            row["predicted_over_measured"] = row["predicted_s"] / row["step_s_median"]
+            row["calibrated_on_s"] = seconds[0]
             if variant != "one process":
                 row["speedup"] = statistics.median(a / b for a, b in zip(times["one process"], series))
+                row["predicted_speedup"] = cost.speedup
                 row["bytes_received_per_rank"] = received[variant]
                 if rank == 0:
                     row["max_abs_deviation"] = float((outputs[variant].float() - reference.float()).abs().max())
             rows.append(row)
+    return rows
+
+
+def quality_rows(prompts: list[str], *, steps: int = 25, seconds: float = 4.0, warmup_steps: tuple[int, ...] = (1, 2, 4),
+                 seed: int = 0, checkpoint=None) -> list[dict]:
+    """Whole generations of Stable-Audio-Lite (the committed checkpoint, or `checkpoint`) on every rank:
+    one process, the exact mode, the stale mode after each of `warmup_steps`, and one process from
+    other noise. Rows (rank 0; others return []): variant, warmup_steps, prompt and the four
+    `fidelity_scores` of its first `seconds` of audio against the one-process audio."""
+    from ..models.stable_audio_lite import load_stable_audio_lite
+    from ..quant.objectives import render
+
+    if not dist.is_initialized():
+        raise RuntimeError("run under torchrun: torchrun --nproc-per-node 2 -m accelerando.bench distributed ...")
+    if not prompts:
+        raise ValueError("quality_rows needs at least one prompt")
+    pipe = load_stable_audio_lite() if checkpoint is None else load_stable_audio_lite(checkpoint)
+    generate = lambda noise_seed: render(pipe, prompts, seconds, steps, seed=noise_seed)  # noqa: E731
+    reference, sr = generate(seed)
+    variants = {("one process, other noise", None): generate(seed + 1)[0]}
+    with patch_parallel(pipe.transformer, mode="exact"):
+        variants[("exact", 0)] = generate(seed)[0]
+    for w in warmup_steps:
+        with patch_parallel(pipe.transformer, mode="stale", warmup_steps=w):
+            variants[("stale", w)] = generate(seed)[0]
+    if dist.get_rank() != 0:
+        return []
+    rows = []
+    for (variant, w), audio in variants.items():
+        for i, (ref, gen) in enumerate(zip(reference.numpy(), audio.numpy())):
+            rows.append({"component": "patch_parallel_quality", "variant": variant, "warmup_steps": w, "prompt": i,
+                         "ranks": dist.get_world_size(), "steps": steps, "seconds": seconds,
+                         **fidelity_scores(ref, gen, sr)})
     return rows

@@ -27,7 +27,9 @@ The patch is an attention processor on each block's `attn1` (installed through
 `set_attn_processor` and restored on exit, so it stacks with other patches) plus a forward
 pre-hook and hook on the transformer that cut the input and gather the output: the transformer
 class and the pipeline's loop stay the stock ones. A new generation is recognised by its timestep
-(diffusion timesteps only fall within one), which resets the stale keys and values.
+(the pipeline's DPM-Solver timesteps strictly fall within one), which resets the stale keys and
+values. A sampler that calls the model twice at one timestep (Heun's) is not supported: its second
+call would be taken for a new generation.
 """
 
 from __future__ import annotations
