@@ -45,9 +45,9 @@ from torch import nn
 
 from ..attention.processors import install_attn_processors, is_self_attention, restore_attn_processors
 from ..attention.projections import attention_output, self_attention_inputs
+from .cost_model import PREFIX_TOKENS  # the DiT's global token (timing, conditioning, timestep) before the frames
 
 MODES = ("exact", "stale")
-PREFIX_TOKENS = 1  # the global token (timing, conditioning and timestep) the DiT puts before the frames
 
 
 def frame_slices(frames: int, world_size: int) -> list[tuple[int, int]]:
