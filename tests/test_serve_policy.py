@@ -62,7 +62,7 @@ def test_under_load_the_free_tier_shifts_down_and_premium_keeps_its_target():
     tiers = {"premium": Tier("premium", 30.0, ("full", "w4a4")),
              "free": Tier("free", 60.0, ("full", "w4a4", "fewer-steps"), reserved=1)}
     router = Router(SERVICE, {"full": 3, "w4a4": 2, "fewer-steps": 2}, tiers)
-    free = [router.route(MusicRequest(f"song {i}", 20.0, "free"), now=0.0) for i in range(16)]
+    free = [router.route(MusicRequest(f"song {i}", 20.0, "free"), now=0.0) for i in range(24)]
     assert [d.variant for d in free[:2]] == ["full", "full"]
     assert "fewer-steps" in [d.variant for d in free if d.accepted]  # cheaper variants as the queue grows
     assert any(not d.accepted for d in free)                          # then admission control says no ...
@@ -95,3 +95,10 @@ def test_simulation_compares_policies_on_the_same_arrivals():
     assert aware["free"]["rejected_share"] < priority["free"]["rejected_share"]  # shifting down serves more
     with pytest.raises(ValueError, match="sum to"):
         poisson_arrivals(1.0, 10, {"premium": 0.5})
+
+
+def test_a_reservation_keeps_only_replicas_of_variants_the_reserving_tier_runs():
+    router = Router(SERVICE, {"full": 1, "fewer-steps": 1}, DEFAULT_TIERS)  # premium never runs fewer-steps
+    decision = router.route(MusicRequest("a reel", 10.0, "free"), now=0.0)
+    assert decision.accepted and decision.variant == "fewer-steps"
+    assert all(a.replica == 0 for a in decision.assignments if a.replica >= 0)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from .machine import BOOK_RUN_OUTPUTS, REPO_ROOT, dirty_files
+from .machine import BOOK_RUN_OUTPUTS, REPO_ROOT, dirty_files, git_commit
 from .players import NOTEBOOK_DIR_ENV
 from .record import ALLOW_DIRTY_ENV, BOOK_RECORD_DIR, RECORD_DIR_ENV, input_hashes, library_hashes
 from .record import default_params as _default_params
@@ -274,6 +274,83 @@ def run_chapter(
     return out
 
 
+def _execute_here(chapter: str, param_set: str, overrides: dict | None, repo: str | None) -> dict[str, bytes]:
+    """A chapter run inside a Ray task: executed into a scratch book (chapters/, records/, audio/ as
+    in book/) and returned as {relative path: bytes}. `repo`: the repository's path on this node
+    (a local Ray), or None when the task runs in the copy Ray's runtime_env shipped (a cluster)."""
+    root = Path(repo) if repo else Path.cwd()
+    lib = str(root / "lib")
+    os.environ["PYTHONPATH"] = lib + os.pathsep + os.environ.get("PYTHONPATH", "")  # the chapter's kernel imports it
+    sys.path.insert(0, lib)
+    from accelerando import book as here  # the shipped copy on a cluster, this module on a local Ray
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "chapters" / f"{chapter}.ipynb"
+        here.run_chapter(chapter, param_set, overrides, out=out, record_dir=Path(tmp) / "records", force=True)
+        return {str(f.relative_to(tmp)): f.read_bytes() for f in Path(tmp).rglob("*") if f.is_file()}
+
+
+def run_on_ray(chapters: list[str], address: str, param_set: str = "default", force: bool = False,
+               allow_dirty: bool = False) -> list[Path]:
+    """Execute each stale chapter of `chapters` as a Ray task and write its notebook, record and audio
+    back where a local run would (the book for the default set, runs/<set>/ otherwise).
+
+    `address`: "local" starts a Ray on this machine (tasks share this checkout); anything else is
+    passed to `ray.init` (e.g. "auto", "ray://head:10001"), and the repository without its data,
+    caches and virtual environment is shipped as the tasks' working directory (the cluster's nodes
+    need the same Python packages: `pip install -e .` in their image). A task asks for one GPU for
+    the gpu set. The record's commit is this checkout's, which a run into the book requires clean.
+    """
+    import ray
+
+    todo = []
+    for chapter in chapters:
+        params = resolve_params(chapter, param_set)
+        out, record_dir = output_paths(chapter, param_set)
+        if force or not is_current(chapter, params, out, record_dir):
+            todo.append((chapter, out, record_dir))
+        else:
+            print(f"[book] {chapter}: up to date ({cache_key(chapter, params)})", flush=True)
+    if not todo:
+        return []
+    if param_set == "default":
+        check_clean_tree(allow_dirty)
+    local = address == "local"
+    runtime_env = None if local else {"working_dir": str(REPO_ROOT),
+                                      "excludes": ["data/", ".cache/", ".venv/", "runs/", "book/_build/", ".git/",
+                                                   "node_modules/", "*.sqlite"]}
+    if not ray.is_initialized():
+        ray.init(address=None if local else address, runtime_env=runtime_env, include_dashboard=False,
+                 log_to_driver=False, **({"_node_ip_address": "127.0.0.1"} if local else {}))
+    task = ray.remote(_execute_here).options(num_gpus=1 if param_set == "gpu" else 0, num_cpus=1)
+    pending = {task.remote(chapter, param_set, None, str(REPO_ROOT) if local else None): (chapter, out, record_dir)
+               for chapter, out, record_dir in todo}
+    for chapter, *_ in todo:
+        print(f"[book] {chapter}: executing on Ray ({param_set} set)", flush=True)
+    written, commit = [], git_commit()
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        chapter, out, record_dir = pending.pop(done[0])
+        try:
+            files = ray.get(done[0])
+        except ray.exceptions.RayTaskError as err:
+            raise ChapterError(f"chapter {chapter!r} failed on Ray: {err}; the previous result is untouched") from None
+        for name, data in files.items():
+            kind, _, rest = name.partition("/")
+            target = {"chapters": out.parent, "records": record_dir, "audio": record_dir.parent / "audio"}[kind] / rest
+            if kind == "records" and rest == f"{chapter}.json":
+                record = json.loads(data)
+                record["ran_on"] = f"a Ray task ({address})"
+                if not local:  # the shipped copy has no .git: the commit is the one the driver shipped
+                    record["git"] = commit
+                data = (json.dumps(record, indent=1) + "\n").encode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        print(f"[book] {chapter}: wrote {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}", flush=True)
+        written.append(out)
+    return written
+
+
 def _stamp_record(chapter: str, record_dir: Path, key: str, param_set: str, params: dict, started: float) -> None:
     """Check the record the run saved holds the parameters it ran with; add the cache key and set."""
     path = record_dir / f"{chapter}.json"
@@ -442,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--no-html", action="store_true", help="execute chapters only")
     build.add_argument("--allow-dirty", action="store_true",
                        help="run from uncommitted changes (each record stores the diff)")
+    build.add_argument("--set", default="default", dest="param_set",
+                       help="parameter set of every chapter (default: the book's; others go to runs/<set>/)")
+    build.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="run each stale chapter as a Ray task on this cluster ('local': a Ray on this machine)")
+    build.add_argument("--chapters", nargs="+", default=None, metavar="NAME", help="only these chapters")
     sub.add_parser("status", help="list each chapter as current or stale, and why")
     numbers = sub.add_parser("numbers", help="list numbers typed in a chapter's prose (not glued, quoted or labels)")
     numbers.add_argument("chapter")
@@ -455,9 +537,16 @@ def main(argv: list[str] | None = None) -> int:
             run_chapter(args.chapter, args.param_set, overrides, out=args.out, force=args.force,
                         allow_dirty=args.allow_dirty)
         elif args.command == "build":
-            for chapter in chapter_names():
-                run_chapter(chapter, force=args.force, allow_dirty=args.allow_dirty)
-            if not args.no_html:
+            chapters = args.chapters or chapter_names()
+            unknown = sorted(set(chapters) - set(chapter_names()))
+            if unknown:
+                raise ChapterError(f"no chapter(s) {unknown}; the chapters are {chapter_names()}")
+            if args.ray_address:
+                run_on_ray(chapters, args.ray_address, args.param_set, force=args.force, allow_dirty=args.allow_dirty)
+            else:
+                for chapter in chapters:
+                    run_chapter(chapter, args.param_set, force=args.force, allow_dirty=args.allow_dirty)
+            if not args.no_html and args.param_set == "default":
                 index = build_html()
                 print(f"[book] built {index.relative_to(REPO_ROOT)}")
         elif args.command == "status":

@@ -9,6 +9,8 @@
     python -m accelerando.bench radial --minutes 1 5 10 --kernels blocks flex --json
     torchrun --nproc-per-node 2 -m accelerando.bench distributed --seconds 10 47 120 --json
     torchrun --nproc-per-node 2 -m accelerando.bench distributed --seconds --quality-prompts 8 --json
+    python -m accelerando.bench serve --json                      # the server on a local Ray, an arrival sweep
+    python -m accelerando.bench serve --kill-replica full --json  # the fault test
 """
 
 from __future__ import annotations
@@ -273,6 +275,22 @@ def radial(args) -> list[dict]:
     return records
 
 
+def serve(args) -> list[dict]:
+    """WP4: the serving application under an open-loop arrival sweep across tiers (and a replica killed)."""
+    from ..serve.app import ServeConfig
+    from .serve import load_test
+
+    replicas = {}
+    for item in args.replicas:
+        name, _, n = item.partition("=")
+        replicas[name] = int(n)
+    config = ServeConfig(model=args.model, replicas=replicas, ledger=args.ledger, audio_dir=None)
+    rows = load_test(args.url, rates_per_s=tuple(args.rates), phase_s=args.phase_s, max_requests=args.max_requests,
+                     seconds=tuple(args.request_seconds), kill_replica=args.kill_replica, kill_at_s=args.kill_at_s,
+                     config=config, seed=args.seed)
+    return [_print(r, args.json) for r in rows]
+
+
 def distributed(args) -> list[dict]:
     """WP4: one patch-parallel DiT step on the torchrun ranks against one process (rank 0 alone)."""
     import torch.distributed as dist
@@ -422,7 +440,25 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto: bf16 on a CPU with AMX, else fp32")
     _common_flags(d, threads=1, corpus=True)
+    v = sub.add_parser("serve", help="WP4 load test: the Ray Serve application under an arrival sweep across tiers")
+    v.add_argument("--url", default=None, help="a running server (none: start one on a local Ray and stop it after)")
+    v.add_argument("--model", choices=["stable-audio-lite", "tiny"], default="stable-audio-lite")
+    v.add_argument("--replicas", nargs="+", default=["full=1", "w4a4=1", "fewer-steps=1"], metavar="VARIANT=N")
+    v.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.15, 0.4], help="arrivals per second, one phase each")
+    v.add_argument("--phase-s", type=float, default=60.0, help="seconds of arrivals at each rate")
+    v.add_argument("--max-requests", type=int, default=60, help="requests in all, whatever the rates")
+    v.add_argument("--request-seconds", type=float, nargs="+", default=[10.0, 20.0, 30.0],
+                   help="durations of audio the requests ask for, drawn uniformly")
+    v.add_argument("--kill-replica", default=None, metavar="VARIANT", help="kill one replica of VARIANT mid-load")
+    v.add_argument("--kill-at-s", type=float, default=20.0, help="seconds into the load of that kill")
+    v.add_argument("--ledger", default="serve/bench-ledger.sqlite", help="the started server's SQLite ledger")
+    _common_flags(v, threads=1)
     args = parser.parse_args(argv)
+    if args.suite == "serve":
+        bad = [r for r in args.replicas if not (r.partition("=")[2].isdigit() and int(r.partition("=")[2]) >= 1)]
+        if bad or min(args.rates) <= 0 or args.phase_s <= 0 or args.max_requests < 1 or min(args.request_seconds) <= 0:
+            parser.error("--replicas are VARIANT=N with N >= 1; --rates, --phase-s, --request-seconds positive; "
+                         "--max-requests >= 1")
     if args.suite == "distributed" and (args.rounds < 3 or args.warmup_steps < 0 or any(s <= 0 for s in args.seconds)
                                         or args.quality_prompts < 0 or args.quality_steps < 1
                                         or min(args.quality_warmup) < 0 or args.quality_seconds <= 0):
@@ -474,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     try:
         {"baseline": baseline, "quant": quant, "sparse": sparse, "radial": radial,
-         "distributed": distributed}[args.suite](args)
+         "distributed": distributed, "serve": serve}[args.suite](args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -25,7 +25,11 @@ noise: a different piece of music for the same prompt).
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -167,3 +171,16 @@ def quality_rows(prompts: list[str], *, steps: int = 25, seconds: float = 4.0, w
                          "ranks": dist.get_world_size(), "steps": steps, "seconds": seconds,
                          **fidelity_scores(ref, gen, sr)})
     return rows
+
+
+def run_ranks(args: list[str], nproc: int = 2, threads: int = 1, timeout_s: float = 3600.0) -> list[dict]:
+    """`torchrun --standalone --nproc-per-node nproc -m accelerando.bench distributed ARGS --json` on
+    this machine, `threads` torch threads per rank; returns rank 0's records. For a notebook, which
+    cannot be a rank itself. A failing run raises with the ranks' last output."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "accelerando.bench", "distributed", *map(str, args), "--threads", str(threads), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]

@@ -47,7 +47,8 @@ class BadRequest(ValueError):
 class Tier:
     """A quality-of-service tier: the latency a request may take (seconds from arrival to its last
     sub-task's end), the variants it may get (best first), and the replicas it may use: all but
-    the first `reserved` replicas of each variant, which the tiers without a reservation keep."""
+    the first `reserved` replicas of each variant that a tier without a reservation runs, which
+    those tiers keep."""
 
     name: str
     latency_target_s: float
@@ -207,7 +208,9 @@ class Router:
     def _book(self, tasks: list[SubTask], variant: str, tier: Tier, now: float) -> tuple[list[Assignment], float] | None:
         """Where the sub-tasks would run on `variant` (earliest free allowed replica, sections in
         parallel after the plan and lyrics), without booking; None if the tier may use no replica."""
-        allowed = [r for r in range(len(self.free_at[variant])) if tier.may_use(r)]
+        # a reservation keeps replicas for the tiers without one, so only of variants those tiers run
+        protected = any(variant in t.variants for t in self.tiers.values() if t.reserved == 0)
+        allowed = [r for r in range(len(self.free_at[variant])) if not protected or tier.may_use(r)]
         if not allowed:
             return None
         free = list(self.free_at[variant])

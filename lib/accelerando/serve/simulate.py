@@ -21,6 +21,8 @@ import numpy as np
 
 from .policy import DEFAULT_TIERS, QUALITY_ORDER, MusicRequest, Router, ServiceTable, Tier
 
+FRAME_RATE = 44100 / 2048  # Stable Audio Open's latent frames per second of audio
+
 DEFAULT_MIX = {"premium": 0.1, "standard": 0.3, "free": 0.6}
 DEFAULT_SECONDS = (10.0, 30.0, 60.0, 120.0)
 
@@ -80,3 +82,18 @@ def priority_router(service: ServiceTable, replicas: dict[str, int], tiers: dict
     """The tiers' reservations and targets (so admission control), but the best variant only."""
     best = next(v for v in QUALITY_ORDER if v in replicas)
     return Router(service, replicas, {n: replace(t, variants=(best,)) for n, t in tiers.items()})
+
+
+def predicted_service(config: dict, device, steps: dict[str, int], section_seconds: float = 10.0,
+                      efficiency: float = 1.0) -> ServiceTable:
+    """A `ServiceTable` from the cost model: a section of `section_seconds` costs its variant's
+    `steps` single-device DiT steps (`distributed.dit_step_flops`, the classifier-free-guidance
+    batch of two) at `efficiency` x the device's rate; plan and lyrics keep the table's defaults.
+    With a published peak as the device, it is a projection and says so in its use."""
+    from ..distributed import dit_step_flops
+
+    if not 0 < efficiency <= 1:
+        raise ValueError(f"efficiency={efficiency}: a share of the device's rate, in (0, 1]")
+    frames = int(round(section_seconds * FRAME_RATE))
+    step_s = dit_step_flops(config, frames) / (device.flops_per_s * efficiency)
+    return ServiceTable({variant: n * step_s / section_seconds for variant, n in steps.items()})
