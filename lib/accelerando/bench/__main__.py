@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("serve", help="WP4 load test: the Ray Serve application under an arrival sweep across tiers")
     v.add_argument("--url", default=None, help="a running server (none: start one on a local Ray and stop it after)")
     v.add_argument("--model", choices=["stable-audio-lite", "tiny"], default="stable-audio-lite")
-    v.add_argument("--replicas", nargs="+", default=["full=1", "w4a4=1", "fewer-steps=1"], metavar="VARIANT=N")
+    v.add_argument("--replicas", nargs="+", default=["full=2", "fewer-steps=1"], metavar="VARIANT=N")
     v.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.15, 0.4], help="arrivals per second, one phase each")
     v.add_argument("--phase-s", type=float, default=60.0, help="seconds of arrivals at each rate")
     v.add_argument("--max-requests", type=int, default=60, help="requests in all, whatever the rates")

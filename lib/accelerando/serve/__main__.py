@@ -1,6 +1,6 @@
 """python -m accelerando.serve: the serving application on a local Ray (loopback) or a Ray cluster.
 
-    python -m accelerando.serve [--port 8000] [--replicas full=1 w4a4=1 fewer-steps=1] [--model tiny]
+    python -m accelerando.serve [--port 8000] [--replicas full=2 fewer-steps=1 w4a4=1] [--model tiny]
     python -m accelerando.serve --address auto        # deploy onto the cluster `ray start` made
 """
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default="stable-audio-lite", choices=["stable-audio-lite", "tiny"])
-    p.add_argument("--replicas", nargs="+", default=["full=1", "w4a4=1", "fewer-steps=1"], metavar="VARIANT=N")
+    p.add_argument("--replicas", nargs="+", default=["full=2", "fewer-steps=1"], metavar="VARIANT=N")
     p.add_argument("--ledger", default="serve/ledger.sqlite", help="SQLite file of every request and its outcome")
     p.add_argument("--audio-dir", default="serve/audio")
     p.add_argument("--replica-cpus", type=float, default=0.0)

@@ -63,7 +63,7 @@ class ServeConfig:
     two-core machine), `threads` its torch threads."""
 
     model: str = "stable-audio-lite"
-    replicas: dict[str, int] = field(default_factory=lambda: {"full": 1, "w4a4": 1, "fewer-steps": 1})
+    replicas: dict[str, int] = field(default_factory=lambda: {"full": 2, "fewer-steps": 1})
     variants: dict[str, Variant] = field(default_factory=lambda: dict(VARIANTS))
     ledger: str = "serve/ledger.sqlite"
     audio_dir: str | None = "serve/audio"
