@@ -204,28 +204,9 @@ def test_cli_reports_unknown_parameter_cleanly():
     assert out.returncode == 2 and "unknown parameter 'nope'" in out.stderr and "Traceback" not in out.stderr
 
 
-# nbval re-runs in flight, started by the smoke tests: each re-run goes on beside the next chapter's
-# smoke run (two processes on the machine, never more), and its own test below collects it
-_reruns: dict[str, tuple[subprocess.Popen, Path]] = {}
-
-
-def _start_nbval(notebook: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
-    """Re-execute an executed notebook (its smoke parameters are injected in it) under nbval-lax,
-    which compares the cells marked NBVAL_CHECK_OUTPUT, in the background."""
-    for proc, _ in _reruns.values():
-        proc.wait(timeout=900)
-    env = {**os.environ, "ACCELERANDO_RECORD_DIR": str(tmp_path / "nbval-records"), "WANDB_MODE": "disabled"}
-    log = tmp_path / "nbval.log"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
-                                 "--rootdir", str(tmp_path), str(notebook)], stdout=sink, stderr=subprocess.STDOUT,
-                                env=env)
-    return proc, log
-
-
 @pytest.mark.parametrize("chapter", chapter_names())
-def test_chapter_smoke_run(chapter, tmp_path):
-    """Execute the chapter with its smoke set and check its record; then start its nbval re-run."""
+def test_chapter_smoke_run_then_nbval(chapter, tmp_path):
+    """Execute the chapter with its smoke set, check its record, then re-run it under nbval-lax."""
     out = run_chapter(chapter, "smoke", out=tmp_path / f"{chapter}.ipynb", force=True)
     record = json.loads((tmp_path / "records" / f"{chapter}.json").read_text())
     assert record["param_set"] == "smoke" and record["cache_key"]
@@ -240,22 +221,11 @@ def test_chapter_smoke_run(chapter, tmp_path):
     for name, figure in record["figures"].items():
         for text in glued[name]:
             assert math.isclose(float(ast.literal_eval(text)), figure["value"], rel_tol=1e-5, abs_tol=1e-6), (name, text, figure)
-    _reruns[chapter] = _start_nbval(out, tmp_path)
-
-
-@pytest.mark.parametrize("chapter", chapter_names())
-def test_chapter_reruns_the_same_under_nbval(chapter, tmp_path):
-    """The smoke run's nbval re-run passed: the marked cells print what they printed the first time."""
-    if chapter not in _reruns:  # selected without its smoke test
-        _reruns[chapter] = _start_nbval(run_chapter(chapter, "smoke", out=tmp_path / f"{chapter}.ipynb", force=True),
-                                        tmp_path)
-    proc, log = _reruns.pop(chapter)
-    try:
-        proc.wait(timeout=900)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 0, log.read_text()[-6000:]
+    # nbval re-executes the executed notebook (smoke parameters injected) and compares marked cells
+    env = {**os.environ, "ACCELERANDO_RECORD_DIR": str(tmp_path / "nbval-records"), "WANDB_MODE": "disabled"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+                          "--rootdir", str(tmp_path), str(out)], capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
 
 
 def test_book_builds_strictly(tmp_path):
