@@ -277,14 +277,10 @@ def radial(args) -> list[dict]:
 
 def serve(args) -> list[dict]:
     """WP4: the serving application under an open-loop arrival sweep across tiers (and a replica killed)."""
-    from ..serve.app import ServeConfig
+    from ..serve.app import ServeConfig, parse_replicas
     from .serve import load_test
 
-    replicas = {}
-    for item in args.replicas:
-        name, _, n = item.partition("=")
-        replicas[name] = int(n)
-    config = ServeConfig(model=args.model, replicas=replicas, ledger=args.ledger, audio_dir=None)
+    config = ServeConfig(model=args.model, replicas=parse_replicas(args.replicas), ledger=args.ledger, audio_dir=None)
     rows = load_test(args.url, rates_per_s=tuple(args.rates), phase_s=args.phase_s, max_requests=args.max_requests,
                      seconds=tuple(args.request_seconds), kill_replica=args.kill_replica, kill_at_s=args.kill_at_s,
                      config=config, seed=args.seed)
@@ -455,10 +451,14 @@ def main(argv: list[str] | None = None) -> int:
     _common_flags(v, threads=1)
     args = parser.parse_args(argv)
     if args.suite == "serve":
-        bad = [r for r in args.replicas if not (r.partition("=")[2].isdigit() and int(r.partition("=")[2]) >= 1)]
-        if bad or min(args.rates) <= 0 or args.phase_s <= 0 or args.max_requests < 1 or min(args.request_seconds) <= 0:
-            parser.error("--replicas are VARIANT=N with N >= 1; --rates, --phase-s, --request-seconds positive; "
-                         "--max-requests >= 1")
+        from ..serve.app import parse_replicas
+
+        try:
+            parse_replicas(args.replicas)
+        except ValueError as err:
+            parser.error(str(err))
+        if min(args.rates) <= 0 or args.phase_s <= 0 or args.max_requests < 1 or min(args.request_seconds) <= 0:
+            parser.error("--rates, --phase-s and --request-seconds must be positive, --max-requests >= 1")
     if args.suite == "distributed" and (args.rounds < 3 or args.warmup_steps < 0 or any(s <= 0 for s in args.seconds)
                                         or args.quality_prompts < 0 or args.quality_steps < 1
                                         or min(args.quality_warmup) < 0 or args.quality_seconds <= 0):

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from ..serve.simulate import DEFAULT_MIX
+from ..serve.simulate import DEFAULT_MIX, poisson_arrivals
 
 PROMPTS = ("a waltz in D major at 90 BPM for strings", "a folk song in A minor with lyrics about the sea",
            "a march for brass in B flat major at 120 BPM", "a slow piano piece in E minor")
@@ -29,20 +29,17 @@ PROMPTS = ("a waltz in D major at 90 BPM for strings", "a folk song in A minor w
 
 def arrival_plan(rates_per_s: list[float], phase_s: float, max_requests: int, tier_mix: dict[str, float],
                  seconds: tuple[float, ...], seed: int = 0) -> list[dict]:
-    """(time, rate, body) of every request: Poisson arrivals at each rate for `phase_s`, one phase
-    after another, at most `max_requests` in all."""
-    rng = np.random.default_rng(seed)
+    """(time, rate, body) of every request: the simulation's Poisson arrivals (`poisson_arrivals`)
+    at each rate for `phase_s`, one phase after another, at most `max_requests` in all."""
     run = uuid.uuid4().hex[:8]  # ids unique across runs against one server, whose ledger refuses a repeated id
-    out, offset = [], 0.0
-    for rate in rates_per_s:
-        t = offset + rng.exponential(1 / rate)
-        while t < offset + phase_s and len(out) < max_requests:
-            tier = str(rng.choice(list(tier_mix), p=list(tier_mix.values())))
-            body = {"prompt": PROMPTS[len(out) % len(PROMPTS)], "seconds": float(rng.choice(seconds)), "tier": tier,
+    out = []
+    for phase, rate in enumerate(rates_per_s):
+        for t, request in poisson_arrivals(rate, phase_s, tier_mix, seconds, seed=seed + phase):
+            if len(out) == max_requests:
+                return out
+            body = {"prompt": PROMPTS[len(out) % len(PROMPTS)], "seconds": request.seconds, "tier": request.tier,
                     "id": f"load-{run}-{len(out)}"}
-            out.append({"at_s": t, "rate_per_s": rate, "body": body})
-            t += rng.exponential(1 / rate)
-        offset += phase_s
+            out.append({"at_s": phase * phase_s + t, "rate_per_s": rate, "body": body})
     return out
 
 

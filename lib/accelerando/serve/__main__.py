@@ -12,18 +12,8 @@ import sys
 import threading
 
 
-def parse_replicas(items: list[str]) -> dict[str, int]:
-    out = {}
-    for item in items:
-        name, _, n = item.partition("=")
-        if not n.isdigit() or int(n) < 1:
-            raise SystemExit(f"--replicas {item!r}: write VARIANT=N with N >= 1, e.g. full=2")
-        out[name] = int(n)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
-    from .app import ServeConfig, start_server, stop_server
+    from .app import ServeConfig, parse_replicas, start_server, stop_server
 
     p = argparse.ArgumentParser(prog="python -m accelerando.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -87,6 +87,17 @@ class ServeConfig:
         self.audio_dir = str(Path(self.audio_dir).resolve()) if self.audio_dir else None
 
 
+def parse_replicas(items: list[str]) -> dict[str, int]:
+    """["full=2", "fewer-steps=1"] -> {"full": 2, "fewer-steps": 1}; a ValueError names a bad item."""
+    out = {}
+    for item in items:
+        name, _, n = item.partition("=")
+        if not name or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"replicas {item!r}: write VARIANT=N with N >= 1, e.g. full=2")
+        out[name] = int(n)
+    return out
+
+
 def load_variant(model: str, variant: Variant, threads: int = 1):
     """The Stable Audio pipeline a synthesis replica runs, quantized when the variant says so."""
     import torch
