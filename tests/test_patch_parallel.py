@@ -9,7 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from accelerando.distributed import exchanged_bytes, frame_slices, measure_link, patch_parallel
+from accelerando.models.control_adapter import MusicalControlAdapter, controls_applied
 from accelerando.models.stable_audio import TRANSFORMER_CONFIGS, build_stable_audio
+from accelerando.musical_controls import CONTROL_CHANNELS
 from accelerando.quant import preset, quantize_
 
 STEPS = 4
@@ -34,6 +36,15 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 results[mode] = _generate(pipe)
                 results[mode + "_again"] = _generate(pipe)  # a second generation resets the stale state
             results[mode + "_counts"] = (run.exact_exchanges, run.stale_exchanges, run.bytes_received)
+        # a pre-hook another patch puts on the transformer after this one (the musical-control
+        # adapter adds a residual per frame) still sees the whole latent: rank 1 gets its own frames' controls
+        adapter = MusicalControlAdapter(out_channels=pipe.transformer.config.in_channels)
+        torch.nn.init.normal_(adapter.net[-1].weight, std=0.5)
+        features = torch.randn(1, CONTROL_CHANNELS, pipe.transformer.config.sample_size)
+        with controls_applied(pipe.transformer, adapter, features):
+            results["controls_single"] = _generate(pipe)
+        with patch_parallel(pipe.transformer, mode="exact"), controls_applied(pipe.transformer, adapter, features):
+            results["controls_exact"] = _generate(pipe)
         # it composes with quantization: per-token activation codes see the same tokens either way
         quantize_(pipe.transformer, preset("rtn", 8, 8, group_size=16))
         results["quantized_single"] = _generate(pipe)
@@ -66,6 +77,12 @@ def test_exact_mode_reproduces_the_single_process_generation(two_ranks):
         assert res["link"][0] > 0 and res["link"][1] >= 0
         assert res["restored"]
     assert torch.equal(two_ranks[0]["exact"], two_ranks[1]["exact"])  # every rank holds the whole latent
+
+
+def test_exact_mode_composes_with_a_control_adapter_hooked_after_it(two_ranks):
+    for res in two_ranks:
+        assert (res["controls_single"] - res["single"]).abs().max() > 1e-2  # the controls matter ...
+        assert (res["controls_exact"] - res["controls_single"]).abs().max() < 1e-4  # ... on every rank's frames (float rounding)
 
 
 def test_exact_mode_composes_with_quantization(two_ranks):

@@ -24,9 +24,13 @@ whole latent on every rank, exactly as without parallelism.
     run.bytes_received                                   # keys and values that came over the wire
 
 The patch is an attention processor on each block's `attn1` (installed through
-`set_attn_processor` and restored on exit, so it stacks with other patches) plus a forward
-pre-hook and hook on the transformer that cut the input and gather the output: the transformer
-class and the pipeline's loop stay the stock ones. A new generation is recognised by its timestep
+`set_attn_processor` and restored on exit, so it stacks with other patches), a pre-hook on
+`proj_in` that cuts the frames, and a pre-hook and hook on the transformer that note the step,
+cut the rotary table and gather the output: the transformer class and the pipeline's loop stay
+the stock ones. The frames are cut at `proj_in`, not at the transformer's input, so that pre-hooks
+other patches put on the transformer (the musical-control adapter adds a residual to the whole
+latent) see the whole latent whatever order they were registered in; the 1x1 convolution before
+`proj_in` is per frame, so cutting after it changes nothing. A new generation is recognised by its timestep
 (the pipeline's DPM-Solver timesteps strictly fall within one), which resets the stale keys and
 values. A sampler that calls the model twice at one timestep (Heun's) is not supported: its second
 call would be taken for a new generation.
@@ -190,7 +194,7 @@ def patch_parallel(transformer: nn.Module, mode: str = "exact", warmup_steps: in
         processors.append(PatchParallelAttnProcessor(run))
         return processors[-1]
 
-    def cut_input(module, args, kwargs):
+    def start_step(module, args, kwargs):
         args, kwargs = list(args), dict(kwargs)
         hidden = args[0] if args else kwargs["hidden_states"]
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
@@ -204,16 +208,19 @@ def patch_parallel(transformer: nn.Module, mode: str = "exact", warmup_steps: in
         if run.step == 0:
             for p in processors:
                 p.finish()
-        local = hidden[..., start:end]
-        if args:
-            args[0] = local
-        else:
-            kwargs["hidden_states"] = local
         if "rotary_embedding" in kwargs:
             kwargs["rotary_embedding"] = _local_rotary(kwargs["rotary_embedding"], start, end)
         elif len(args) > 4:
             args[4] = _local_rotary(args[4], start, end)
         return tuple(args), kwargs
+
+    def cut_frames(module, args):
+        frames = args[0]  # [B, frames, channels]: the latent after the per-frame 1x1 convolution
+        if frames.shape[1] != run.slices[-1][1]:
+            raise RuntimeError(f"proj_in got {frames.shape[1]} frames, the transformer {run.slices[-1][1]}: "
+                               "patch_parallel needs the stock StableAudioDiTModel.forward")
+        start, end = run.slices[run.rank]
+        return (frames[:, start:end], *args[1:])
 
     def gather_output(module, args, kwargs, output):
         sample = output[0] if isinstance(output, tuple) else output.sample
@@ -228,7 +235,8 @@ def patch_parallel(transformer: nn.Module, mode: str = "exact", warmup_steps: in
         return output
 
     saved = install_attn_processors(transformer, make)
-    hooks = [transformer.register_forward_pre_hook(cut_input, with_kwargs=True),
+    hooks = [transformer.register_forward_pre_hook(start_step, with_kwargs=True),
+             transformer.proj_in.register_forward_pre_hook(cut_frames),
              transformer.register_forward_hook(gather_output, with_kwargs=True)]
     try:
         yield run
