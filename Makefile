@@ -14,7 +14,7 @@ SOUNDFONT := /usr/share/sounds/sf2/FluidR3_GM.sf2
 book: setup vendor                 ## execute changed chapters, then build book/_build/html strictly
 	$(PY) -m accelerando.book build
 
-test: setup vendor                 ## unit tests, smoke runs of every chapter, nbval, strict HTML build
+test: setup vendor                 ## unit tests, smoke runs of every chapter, strict HTML build
 	WANDB_MODE=disabled $(PY) -m pytest
 
 setup: $(STAMP) $(SOUNDFONT)

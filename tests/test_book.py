@@ -205,8 +205,8 @@ def test_cli_reports_unknown_parameter_cleanly():
 
 
 @pytest.mark.parametrize("chapter", chapter_names())
-def test_chapter_smoke_run_then_nbval(chapter, tmp_path):
-    """Execute the chapter with its smoke set, check its record, then re-run it under nbval-lax."""
+def test_chapter_smoke_run(chapter, tmp_path):
+    """Execute the chapter with its smoke set and check its record and the numbers its prose shows."""
     out = run_chapter(chapter, "smoke", out=tmp_path / f"{chapter}.ipynb", force=True)
     record = json.loads((tmp_path / "records" / f"{chapter}.json").read_text())
     assert record["param_set"] == "smoke" and record["cache_key"]
@@ -221,11 +221,6 @@ def test_chapter_smoke_run_then_nbval(chapter, tmp_path):
     for name, figure in record["figures"].items():
         for text in glued[name]:
             assert math.isclose(float(ast.literal_eval(text)), figure["value"], rel_tol=1e-5, abs_tol=1e-6), (name, text, figure)
-    # nbval re-executes the executed notebook (smoke parameters injected) and compares marked cells
-    env = {**os.environ, "ACCELERANDO_RECORD_DIR": str(tmp_path / "nbval-records"), "WANDB_MODE": "disabled"}
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
-                          "--rootdir", str(tmp_path), str(out)], capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
 
 
 def test_book_builds_strictly(tmp_path):
