@@ -3,7 +3,6 @@
 import ast
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
