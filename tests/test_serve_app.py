@@ -31,6 +31,30 @@ def test_ledger_counts_every_state_and_flags_a_silent_failure():
         ledger.received("r1", "free", 10.0, "again")
 
 
+def test_ledger_shows_the_attempts_running_now():
+    ledger = Ledger()
+    ledger.received("r", "free", 30.0, "a waltz")
+    for section in range(3):
+        ledger.attempt_started("r", "synthesis", section, "full", 0)
+    ledger.attempt_finished("r", "synthesis", 0, 0)
+    ledger.attempt_finished("r", "synthesis", 1, 0, error="RayActorError: the replica died")
+    ledger.attempt_started("r", "synthesis", 1, "full", 1)  # the retry
+    assert ledger.running() == {"full": 2}
+    attempts = ledger.rows("attempts")
+    assert [a["error"] for a in attempts if a["finished_at"] is not None] == [None, "RayActorError: the replica died"]
+
+
+def test_serve_config_scales_every_tier_target():
+    from accelerando.serve.app import ServeConfig
+    from accelerando.serve.policy import DEFAULT_TIERS
+
+    config = ServeConfig(target_scale=0.1, ledger=":memory:", audio_dir=None)
+    assert {n: t.latency_target_s for n, t in config.tiers.items()} == pytest.approx(
+        {n: 0.1 * t.latency_target_s for n, t in DEFAULT_TIERS.items()})
+    with pytest.raises(ValueError, match="target_scale"):
+        ServeConfig(target_scale=0, ledger=":memory:", audio_dir=None)
+
+
 def test_ledger_survives_a_restart(tmp_path):
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
@@ -108,4 +132,7 @@ def test_a_short_load_accounts_for_every_request_even_when_a_replica_dies(server
     assert account["sent"] >= 5 and account["unaccounted"] == 0, account
     assert account["accepted_equals_completed_plus_failed"] and account["client_matches_ledger"], account
     assert account["ledger_failed_without_reason"] == 0 and account["ledger_in_flight"] == 0
-    assert account["kills"] and account["client_completed"] >= 1
+    kill = account["kills"][0]
+    assert kill["event"] == "killed" and kill["sections_running"] >= 1, kill  # killed while every replica was busy ...
+    assert sum(r["retried"] for r in rows if r["component"] == "serve_load") >= 1  # ... so a section was retried
+    assert account["client_completed"] >= 1

@@ -97,6 +97,21 @@ def test_simulation_compares_policies_on_the_same_arrivals():
         poisson_arrivals(1.0, 10, {"premium": 0.5})
 
 
+def test_saturation_rate_is_where_fifo_queues_start_to_grow():
+    from accelerando.serve.simulate import fifo_router, poisson_arrivals, saturation_rate, simulate, summary
+
+    # full costs 2 s per audio second: requests of 10 and 30 s are 20 and 60 s of work, 40 s on average
+    assert saturation_rate(SERVICE, 4, seconds=(10.0, 30.0)) == pytest.approx(4 / 40.0)
+    p95 = {}
+    for load in (0.5, 2.0):
+        rate = load * saturation_rate(SERVICE, 4, seconds=(10.0, 30.0))
+        rows = simulate(fifo_router(SERVICE, {"full": 4}), poisson_arrivals(rate, 3600, seconds=(10.0, 30.0), seed=0))
+        p95[load] = summary(rows)["free"]["p95_s"]
+    assert p95[0.5] < 120 < 600 < p95[2.0]  # below it the queue stays short, above it it grows for the hour
+    with pytest.raises(ValueError, match="at least one replica"):
+        saturation_rate(SERVICE, 0)
+
+
 def test_a_reservation_keeps_only_replicas_of_variants_the_reserving_tier_runs():
     router = Router(SERVICE, {"full": 1, "fewer-steps": 1}, DEFAULT_TIERS)  # premium never runs fewer-steps
     decision = router.route(MusicRequest("a reel", 10.0, "free"), now=0.0)

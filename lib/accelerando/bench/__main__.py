@@ -280,7 +280,8 @@ def serve(args) -> list[dict]:
     from ..serve.app import ServeConfig, parse_replicas
     from .serve import load_test
 
-    config = ServeConfig(model=args.model, replicas=parse_replicas(args.replicas), ledger=args.ledger, audio_dir=None)
+    config = ServeConfig(model=args.model, replicas=parse_replicas(args.replicas), ledger=args.ledger, audio_dir=None,
+                         target_scale=args.target_scale)
     rows = load_test(args.url, rates_per_s=tuple(args.rates), phase_s=args.phase_s, max_requests=args.max_requests,
                      seconds=tuple(args.request_seconds), kill_replica=args.kill_replica, kill_at_s=args.kill_at_s,
                      config=config, seed=args.seed)
@@ -446,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--request-seconds", type=float, nargs="+", default=[10.0, 20.0, 30.0],
                    help="durations of audio the requests ask for, drawn uniformly")
     v.add_argument("--kill-replica", default=None, metavar="VARIANT", help="kill one replica of VARIANT mid-load")
-    v.add_argument("--kill-at-s", type=float, default=20.0, help="seconds into the load of that kill")
+    v.add_argument("--kill-at-s", type=float, default=20.0,
+                   help="earliest second of that kill; it waits until every replica of VARIANT runs a section")
+    v.add_argument("--target-scale", type=float, default=1.0, help="factor on every tier's latency target")
     v.add_argument("--ledger", default="serve/bench-ledger.sqlite", help="the started server's SQLite ledger")
     _common_flags(v, threads=1)
     args = parser.parse_args(argv)

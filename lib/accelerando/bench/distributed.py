@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -144,8 +145,9 @@ def quality_rows(prompts: list[str], *, steps: int = 25, seconds: float = 4.0, w
                  seed: int = 0, checkpoint=None) -> list[dict]:
     """Whole generations of Stable-Audio-Lite (the committed checkpoint, or `checkpoint`) on every rank:
     one process, the exact mode, the stale mode after each of `warmup_steps`, and one process from
-    other noise. Rows (rank 0; others return []): variant, warmup_steps, prompt and the four
-    `fidelity_scores` of its first `seconds` of audio against the one-process audio."""
+    other noise. Rows (rank 0; others return []): variant, warmup_steps, prompt, the largest sample
+    difference and the four `fidelity_scores` of its first `seconds` of audio against the
+    one-process audio (SI-SDR is +inf where the audio is identical)."""
     from ..models.stable_audio_lite import load_stable_audio_lite
     from ..quant.objectives import render
 
@@ -169,7 +171,7 @@ def quality_rows(prompts: list[str], *, steps: int = 25, seconds: float = 4.0, w
         for i, (ref, gen) in enumerate(zip(reference.numpy(), audio.numpy())):
             rows.append({"component": "patch_parallel_quality", "variant": variant, "warmup_steps": w, "prompt": i,
                          "ranks": dist.get_world_size(), "steps": steps, "seconds": seconds,
-                         **fidelity_scores(ref, gen, sr)})
+                         "max_abs_difference": float(np.abs(ref - gen).max()), **fidelity_scores(ref, gen, sr)})
     return rows
 
 

@@ -68,9 +68,20 @@ async def _drive(url: str, plan: list[dict], client_timeout_s: float, kill: tupl
         async def killer():
             from ..serve.app import kill_replica
 
-            await asyncio.sleep(kill[0])
-            results.append({"event": "killed", "replica": await asyncio.to_thread(kill_replica, kill[1]),
-                            "at_s": time.monotonic() - start})
+            # not before kill_at_s, and only while every replica of the variant runs a section, so
+            # that the kill interrupts one and the front has to retry it; none after the last arrival
+            at_s, variant = kill
+            await asyncio.sleep(at_s)
+            replicas = (await client.get("/health")).json()["replicas"].get(variant, 0)
+            while time.monotonic() - start < plan[-1]["at_s"]:
+                running = (await client.get("/ledger")).json()["running"].get(variant, 0)
+                if replicas and running >= replicas:
+                    results.append({"event": "killed", "replica": await asyncio.to_thread(kill_replica, variant),
+                                    "at_s": time.monotonic() - start, "sections_running": running})
+                    return
+                await asyncio.sleep(0.2)
+            results.append({"event": "not killed", "at_s": time.monotonic() - start,
+                            "reason": f"no moment when all {replicas} {variant} replica(s) were busy"})
 
         await asyncio.gather(*[one(item) for item in plan], *([killer()] if kill else []))
     return results
@@ -108,7 +119,7 @@ def summarize(results: list[dict], ledger: dict, targets: dict[str, float]) -> l
                  "ledger_received": len(mine), "ledger_accepted": accepted,
                  **{f"ledger_{k}": states[k] for k in ("completed", "failed", "rejected")},
                  "ledger_in_flight": states["accepted"] + states["received"], "ledger_failed_without_reason": silent,
-                 "kills": [r for r in results if r.get("event") == "killed"],
+                 "kills": [r for r in results if r.get("event") in ("killed", "not killed")],
                  "accepted_equals_completed_plus_failed": accepted == states["completed"] + states["failed"],
                  "client_matches_ledger": (count["completed"], count["rejected"], count["failed"])
                  == (states["completed"], states["rejected"], states["failed"]),
@@ -125,7 +136,6 @@ def load_test(url: str | None = None, *, rates_per_s: tuple[float, ...] = (0.05,
     import httpx
 
     from ..serve.app import ServeConfig, start_server, stop_server
-    from ..serve.policy import DEFAULT_TIERS
 
     started = url is None
     if started:
@@ -140,6 +150,6 @@ def load_test(url: str | None = None, *, rates_per_s: tuple[float, ...] = (0.05,
     finally:
         if started:
             stop_server()
-    rows = summarize(results, ledger, {n: t.latency_target_s for n, t in DEFAULT_TIERS.items()})
+    rows = summarize(results, ledger, service["targets_s"])
     rows.append({"component": "serve_service_table", **service})
     return rows

@@ -28,11 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--replica-cpus", type=float, default=0.0)
     p.add_argument("--replica-gpus", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per synthesis replica")
+    p.add_argument("--target-scale", type=float, default=1.0, help="factor on every tier's latency target")
     args = p.parse_args(argv)
     try:
         config = ServeConfig(model=args.model, replicas=parse_replicas(args.replicas), ledger=args.ledger,
                              audio_dir=args.audio_dir, replica_cpus=args.replica_cpus,
-                             replica_gpus=args.replica_gpus, threads=args.threads)
+                             replica_gpus=args.replica_gpus, threads=args.threads, target_scale=args.target_scale)
     except ValueError as err:
         raise SystemExit(str(err)) from None
     url = start_server(config, address=args.address, host=args.host, port=args.port)

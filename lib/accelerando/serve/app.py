@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,8 @@ class ServeConfig:
     """What `build_app` deploys. `model`: "stable-audio-lite" (the committed checkpoint) or "tiny"
     (random weights, 1.5 s sections: tests). `replicas` per variant; `replica_cpus` / `replica_gpus`
     are the Ray resources each synthesis replica asks for (0 CPUs lets three replicas share a
-    two-core machine), `threads` its torch threads."""
+    two-core machine), `threads` its torch threads. `target_scale` multiplies every tier's latency
+    target (a small model on a small machine is served against proportionally shorter targets)."""
 
     model: str = "stable-audio-lite"
     replicas: dict[str, int] = field(default_factory=lambda: {"full": 2, "fewer-steps": 1})
@@ -73,6 +74,8 @@ class ServeConfig:
     replica_cpus: float = 0.0
     replica_gpus: float = 0.0
     lyrics_scores: int = 60
+    target_scale: float = 1.0
+    tiers: dict = field(init=False, repr=False)  # DEFAULT_TIERS with the scaled targets
 
     def __post_init__(self):
         unknown = sorted(set(self.replicas) - set(self.variants))
@@ -82,6 +85,10 @@ class ServeConfig:
             raise ValueError(f"model={self.model!r}: serve 'stable-audio-lite' (the committed checkpoint) or 'tiny'")
         if self.retries < 0:
             raise ValueError(f"retries={self.retries}: use 0 (no retry) or more")
+        if not self.target_scale > 0:
+            raise ValueError(f"target_scale={self.target_scale}: a positive factor on the tiers' latency targets")
+        self.tiers = {n: replace(t, latency_target_s=t.latency_target_s * self.target_scale)
+                      for n, t in DEFAULT_TIERS.items()}
         # resolved where the server is started: Ray's workers need not share its working directory
         self.ledger = self.ledger if self.ledger == ":memory:" else str(Path(self.ledger).resolve())
         self.audio_dir = str(Path(self.audio_dir).resolve()) if self.audio_dir else None
@@ -216,22 +223,22 @@ class Front:
         # a section costs the same whatever its length: the pipeline denoises and decodes its whole window
         service = ServiceTable({v: 0.0 for v in section_s}, overhead_s=section_s, fixed={"plan": plan_s, "lyrics": lyrics_s})
         self.router = Router(service, {v: n for v, n in self.config.replicas.items() if v in self.synthesizers},
-                             DEFAULT_TIERS, self.section_seconds)
+                             self.config.tiers, self.section_seconds)
         self.service = {"section_seconds": self.section_seconds, "seconds_per_section": section_s,
                         "plan_s": plan_s, "lyrics_s": lyrics_s, "measured_on": "the second of two calls each, at start-up"}
 
     async def _section(self, request_id: str, variant: str, prompt: str, seconds: float, index: int, seed: int) -> dict:
         errors = []
         for attempt in range(1 + self.config.retries):
-            started = time.time()
+            self.ledger.attempt_started(request_id, "synthesis", index, variant, attempt)
             try:
                 out = await self.synthesizers[variant].synthesize.remote(prompt, seconds, seed)
             except Exception as err:  # a dead replica, an out-of-memory kill: recorded, then retried
                 message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                self.ledger.attempt(request_id, "synthesis", index, variant, attempt, started, message)
+                self.ledger.attempt_finished(request_id, "synthesis", index, attempt, message)
                 errors.append(message)
                 continue
-            self.ledger.attempt(request_id, "synthesis", index, variant, attempt, started)
+            self.ledger.attempt_finished(request_id, "synthesis", index, attempt)
             return {**out, "attempts": attempt + 1}
         raise RuntimeError(f"section {index} failed on {variant} after {len(errors)} attempt(s): {errors[-1]}")
 
@@ -239,7 +246,7 @@ class Front:
         arrived, request_id = time.monotonic(), uuid.uuid4().hex
         try:
             body = await _read_capped(request)
-            music = parse_request(body, DEFAULT_TIERS)
+            music = parse_request(body, self.config.tiers)
         except BadRequest as err:
             self.ledger.received(request_id, None, None, None)
             self.ledger.invalid(request_id, err.status, err.message)
@@ -300,11 +307,12 @@ def build_app(config: ServeConfig):
 
         @http.get("/health")
         async def health(self):
-            return {"service": await self.start(), "replicas": self.config.replicas}
+            return {"service": await self.start(), "replicas": self.config.replicas,
+                    "targets_s": {n: t.latency_target_s for n, t in self.config.tiers.items()}}
 
         @http.get("/ledger")
         async def ledger(self, rows: bool = False):
-            out = {"account": self.ledger.account()}
+            out = {"account": self.ledger.account(), "running": self.ledger.running()}
             if rows:
                 out["requests"] = self.ledger.rows("requests")
                 out["attempts"] = self.ledger.rows("attempts")

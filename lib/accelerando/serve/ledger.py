@@ -7,8 +7,8 @@
     ledger.account()   # {"received": n, "accepted": ..., "completed": ..., "failed": ..., "in_flight": ..., "balanced": bool}
 
 A request is one row whose `state` moves received -> accepted | rejected | invalid, and accepted ->
-completed | failed; each sub-task attempt is a row of `attempts` (kind, section, variant, replica,
-start, end, error). `account()` gives the load test's count check: accepted = completed + failed + in flight. One writer (the router replica) holds the
+completed | failed; each sub-task attempt is a row of `attempts` (kind, section, variant, attempt,
+start, end, error), written when it starts and closed when it ends. `account()` gives the load test's count check: accepted = completed + failed + in flight. One writer (the router replica) holds the
 connection; WAL mode lets a reader (the load test, a dashboard) look while it writes.
 """
 
@@ -85,10 +85,21 @@ class Ledger:
                     ("accepted" if accepted else "rejected", status, reason, variant, predicted_finish_at,
                      None if accepted else time.time(), request_id))
 
-    def attempt(self, request_id: str, kind: str, section: int, variant: str | None, attempt: int,
-                started_at: float, error: str | None = None) -> None:
-        self._write("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (request_id, kind, section, variant, attempt, started_at, time.time(), error))
+    def attempt_started(self, request_id: str, kind: str, section: int, variant: str | None, attempt: int) -> None:
+        """A sub-task attempt began: its row has no `finished_at` until `attempt_finished`, so a
+        reader sees what is running now."""
+        self._write("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
+                    (request_id, kind, section, variant, attempt, time.time()))
+
+    def attempt_finished(self, request_id: str, kind: str, section: int, attempt: int, error: str | None = None) -> None:
+        self._write("UPDATE attempts SET finished_at=?, error=? WHERE request_id=? AND kind=? AND section=? AND attempt=?",
+                    (time.time(), error, request_id, kind, section, attempt))
+
+    def running(self, kind: str = "synthesis") -> dict[str, int]:
+        """Attempts of `kind` started and not finished, per variant."""
+        with self._lock:
+            return dict(self._db.execute("SELECT variant, COUNT(*) FROM attempts WHERE kind=? AND finished_at IS NULL "
+                                         "GROUP BY variant", (kind,)).fetchall())
 
     def finished(self, request_id: str, ok: bool, status: int, reason: str = "") -> None:
         self._write("UPDATE requests SET state=?, http_status=?, reason=?, finished_at=? WHERE id=? AND state='accepted'",

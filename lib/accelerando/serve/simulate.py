@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .policy import DEFAULT_TIERS, QUALITY_ORDER, MusicRequest, Router, ServiceTable, Tier
+from .policy import DEFAULT_TIERS, QUALITY_ORDER, MusicRequest, Router, ServiceTable, Tier, decompose
 
 FRAME_RATE = 44100 / 2048  # Stable Audio Open's latent frames per second of audio
 
@@ -42,6 +42,18 @@ def poisson_arrivals(rate_per_s: float, duration_s: float, tier_mix: dict[str, f
     lengths = rng.choice(seconds, size=len(times))
     return [(float(t), MusicRequest(f"simulated request {i}", float(s), str(tier), f"sim-{i}"))
             for i, (t, tier, s) in enumerate(zip(times, tiers, lengths))]
+
+
+def saturation_rate(service: ServiceTable, replicas: int, variant: str = "full",
+                    seconds: tuple[float, ...] = DEFAULT_SECONDS, section_seconds: float = 10.0) -> float:
+    """Arrivals per second at which `replicas` replicas of `variant` are busy all the time when every
+    request runs on it, durations drawn uniformly from `seconds`: the most a first-come-first-served
+    cluster on that variant can bear. Loads are read as multiples of it."""
+    if replicas < 1:
+        raise ValueError(f"replicas={replicas}: at least one replica of {variant!r}")
+    work = [sum(service.seconds(t, variant) for t in decompose(MusicRequest("", s, "free"), section_seconds)
+                if t.kind == "synthesis") for s in seconds]
+    return replicas / float(np.mean(work))
 
 
 def simulate(router: Router, arrivals: list[tuple[float, MusicRequest]]) -> list[dict]:
