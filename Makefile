@@ -8,6 +8,8 @@ STAMP  := $(VENV)/.installed
 VENDOR := book/vendor/.installed
 # a second General MIDI soundfont, for the beat tracker's held-out set (accelerando.data.heldout)
 SOUNDFONT := /usr/share/sounds/sf2/FluidR3_GM.sf2
+# the browser the listening app's tests drive (Playwright cannot download its own here)
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: book test setup vendor chapter status check-offline clean
 
@@ -17,11 +19,15 @@ book: setup vendor                 ## execute changed chapters, then build book/
 test: setup vendor                 ## unit tests, smoke runs of every chapter, strict HTML build
 	WANDB_MODE=disabled $(PY) -m pytest
 
-setup: $(STAMP) $(SOUNDFONT)
+setup: $(STAMP) $(SOUNDFONT) $(CHROMIUM)
 
 $(SOUNDFONT):
 	@test -w /var/lib/dpkg || { echo "$@ is missing: run 'apt-get install fluid-soundfont-gm' as root"; exit 1; }
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluid-soundfont-gm
+
+$(CHROMIUM):
+	@test -w /var/lib/dpkg || { echo "$@ is missing: run 'apt-get install chromium' as root"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"accelerando needs Python 3.11, {sys.executable} is {sys.version.split()[0]}: run make PYTHON=python3.11"'

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"metrics"},
     {"quant", "sparse", "attention", "edit", "editing", "distributed"},
     {"train"},
-    {"bench", "serve"},
+    {"bench", "serve", "listening"},
     {"book"},
 ]
 
