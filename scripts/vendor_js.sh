@@ -19,6 +19,7 @@
 #                                                  @jupyter-widgets/base, controls and output
 #   book/vendor/widgets/*.woff2, *.woff            Font Awesome fonts its CSS loads lazily
 #   book/vendor/widgets/modules/                   local stand-in for the widget "CDN" (empty)
+#   book/vendor/vega/vega{,-lite,-embed}.min.js    the listening app's dashboard charts (served at /vendor/vega/)
 #
 # Not vendored (opt-in features of MathJax's right-click menu that would only 404 locally):
 # the speech/explorer accessibility extensions (a11y/, sre/, ~4 MB) and the SVG renderer.
@@ -114,6 +115,14 @@ cat > "$TMP/widgets/offline.js" <<'EOF'
   else { window.addEventListener("load", addHub); }
 })();
 EOF
+
+# --- Vega-Lite (the listening app's dashboard draws its charts with it; vega-embed mounts them)
+mkdir -p "$TMP/vega"
+for pkg in vega vega-lite vega-embed; do
+  [[ -f "$NM/$pkg/build/$pkg.min.js" ]] || { echo "vendor_js.sh: missing $NM/$pkg/build/$pkg.min.js" >&2; exit 1; }
+  cp "$NM/$pkg/build/$pkg.min.js" "$TMP/vega/"
+  cp "$NM/$pkg/LICENSE" "$TMP/vega/LICENSE.$pkg" 2>/dev/null || true
+done
 
 rm -rf "$OUT"
 mv "$TMP" "$OUT"

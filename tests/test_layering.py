@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"metrics"},
     {"quant", "sparse", "attention", "edit", "editing", "distributed"},
     {"train"},
-    {"bench", "serve", "listening"},
+    {"bench", "serve", "listening", "dashboard"},
     {"book"},
 ]
 

@@ -18,7 +18,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from accelerando.audio import AudioError
-from accelerando.listening.analysis import abx_summary, binomial_p, mushra_summary, post_screen
+from accelerando.listening.analysis import binomial_p, choice_summary, mushra_summary, post_screen
 from accelerando.listening.app import create_app
 from accelerando.listening.experiment import (ANCHORS, HIDDEN_REFERENCE, Experiment, ExperimentError, loudness,
                                               prepare, read_stimulus)
@@ -42,13 +42,17 @@ def music(seconds: float = 2.0, seed: int = 0, noise: float = 0.0, gain: float =
 def experiment_file(tmp_path) -> Path:
     audio = tmp_path / "audio"
     audio.mkdir()
-    for name, wav in {"ref": music(), "good": music(noise=0.02), "bad": music(noise=0.3, gain=0.1)}.items():
+    stems = {"drums": music(seed=1, noise=1.0, gain=0.2), "bass": music(seed=2, gain=0.2), "keys": music(seed=3, gain=0.1)}
+    for name, wav in {"ref": music(), "good": music(noise=0.02), "bad": music(noise=0.3, gain=0.1), **stems,
+                      "mix": sum(stems.values())}.items():
         sf.write(audio / f"{name}.wav", wav.T, SR)
     spec = {"name": "test", "title": "A test", "training": "train",
             "trials": [{"id": "train", "reference": "audio/ref.wav", "conditions": {"good": "audio/good.wav"}},
                        {"id": "t1", "reference": "audio/ref.wav", "conditions": {"good": "audio/good.wav", "bad": "audio/bad.wav"}},
                        {"id": "t2", "reference": "audio/ref.wav", "conditions": {"bad": "audio/bad.wav"}},
-                       {"id": "x1", "type": "abx", "a": "audio/ref.wav", "b": "audio/bad.wav"}]}
+                       {"id": "x1", "type": "abx", "a": "audio/ref.wav", "b": "audio/bad.wav"},
+                       {"id": "r1", "type": "remix", "mix": "audio/mix.wav", "generated": "bass",
+                        "stems": {s: f"audio/{s}.wav" for s in ("drums", "bass", "keys")}}]}
     path = tmp_path / "exp.yml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -80,6 +84,9 @@ def test_experiment_and_stimulus_errors_name_the_fix(tmp_path):
         Experiment.from_dict({"name": "e", "trials": [{"id": "a", "reference": "r", "conditions": {HIDDEN_REFERENCE: "x"}}]})
     with pytest.raises(ExperimentError, match="letters"):
         Experiment.from_dict({"name": "e", "trials": [{"id": "../etc", "reference": "r", "conditions": {"x": "x"}}]})
+    with pytest.raises(ExperimentError, match="remix trial needs"):
+        Experiment.from_dict({"name": "e", "trials": [{"id": "r", "type": "remix", "mix": "m", "generated": "x",
+                                                        "stems": {"a": "a", "b": "b"}}]})
     with pytest.raises(ExperimentError, match="training trial"):
         Experiment.from_dict({**base, "training": "nope"})
     (tmp_path / "text.wav").write_text("not audio at all")
@@ -104,8 +111,12 @@ def test_statistics_screen_assessors_and_test_abx_against_chance():
     w4a4 = next(r for r in mushra_summary(kept) if r["condition"] == "w4a4")
     assert w4a4["n"] == 4 and w4a4["median"] == 61.5 and w4a4["ci_low"] < 61.5 < w4a4["ci_high"]
     assert binomial_p(10, 10) == pytest.approx(0.5 ** 10) and binomial_p(5, 10) > 0.5
-    summary = abx_summary([{"trial_id": "x", "correct": i < 9} for i in range(10)])
-    assert summary[-1]["trial_id"] == "all trials" and summary[-1]["correct"] == 9 and summary[-1]["p_value"] < 0.05
+    assert binomial_p(4, 10, chance=1 / 3) > 0.05  # four of ten is what guessing among three gives
+    answers = [{"kind": "abx", "trial_id": "x", "correct": i < 9, "options": 2} for i in range(10)]
+    answers += [{"kind": "remix", "trial_id": "r", "correct": i < 4, "options": 3} for i in range(10)]
+    summary = {(r["kind"], r["trial_id"]): r for r in choice_summary(answers)}
+    assert summary[("abx", "all abx trials")]["correct"] == 9 and summary[("abx", "x")]["p_value"] < 0.05
+    assert summary[("remix", "r")]["chance"] == pytest.approx(1 / 3) and summary[("remix", "r")]["p_value"] > 0.05
 
 
 def _client(experiment_file, tmp_path, db=None) -> TestClient:
@@ -126,7 +137,9 @@ def test_a_participant_rates_resumes_after_a_restart_and_the_admin_sees_it(exper
     pid = client.post("/api/participants", json={"consent": True}).json()["participant_id"]
     state = client.get(f"/api/participants/{pid}").json()
     assert [t["id"] for t in state["trials"]][0] == "train" and state["position"] == 0
-    assert sorted(t["id"] for t in state["trials"][1:]) == ["t1", "t2", "x1"]
+    assert sorted(t["id"] for t in state["trials"][1:]) == ["r1", "t1", "t2", "x1"]
+    remix = next(t for t in state["trials"] if t["id"] == "r1")
+    assert remix["slots"][0] == "mix" and sorted(remix["slots"][1:]) == ["bass", "drums", "keys"]
     trials = {t["id"]: t for t in state["trials"]}
     assert trials["t1"]["slots"][0] == "reference" and len(trials["t1"]["slots"]) == 1 + 1 + 2 + 2
     audio = client.get(f"/api/participants/{pid}/trials/t1/audio/1")
@@ -151,9 +164,12 @@ def test_a_participant_rates_resumes_after_a_restart_and_the_admin_sees_it(exper
     assert t1["ratings"] == {"1": 30} and state["trials"][state["position"]]["id"] != "train"
     _rate_all(client, pid, t1)
     assert client.post(f"/api/participants/{pid}/trials/t1/done").status_code == 200
-    assert client.post(f"/api/participants/{pid}/trials/x1/abx", json={"answer": "C"}).status_code == 422
-    assert client.post(f"/api/participants/{pid}/trials/x1/abx", json={"answer": "A"}).status_code == 200
-    assert client.post(f"/api/participants/{pid}/trials/x1/abx", json={"answer": "B"}).status_code == 409  # one answer
+    assert client.post(f"/api/participants/{pid}/trials/x1/choice", json={"answer": "C"}).status_code == 422
+    assert client.post(f"/api/participants/{pid}/trials/x1/choice", json={"answer": "A"}).status_code == 200
+    assert client.post(f"/api/participants/{pid}/trials/x1/choice", json={"answer": "B"}).status_code == 409  # one answer
+    assert client.post(f"/api/participants/{pid}/trials/t2/choice", json={"answer": "A"}).status_code == 409
+    assert client.post(f"/api/participants/{pid}/trials/r1/choice", json={"answer": "mix"}).status_code == 422
+    assert client.post(f"/api/participants/{pid}/trials/r1/choice", json={"answer": "bass"}).status_code == 200
     evil = "<script>alert(1)</script>'; DROP TABLE ratings; --"
     assert client.post(f"/api/participants/{pid}/comments", json={"trial_id": "t1", "text": evil}).status_code == 201
     assert client.post(f"/api/participants/{pid}/comments", json={"text": "x" * 3000}).status_code == 422
@@ -161,7 +177,9 @@ def test_a_participant_rates_resumes_after_a_restart_and_the_admin_sees_it(exper
     assert client.get("/admin/export.json").status_code == 401
     assert client.get("/admin/export.csv", headers={"Authorization": "Bearer wrong"}).status_code == 401
     export = client.get("/admin/export.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert len(export["ratings"]) == 5 and len(export["abx_answers"]) == 1  # t1's five rated slots, one ABX
+    assert len(export["ratings"]) == 5  # t1's five rated slots
+    assert {(c["trial_id"], c["answer"], c["correct"]) for c in export["choices"]} >= {("r1", "bass", True)}
+    assert len(export["choices"]) == 2
     assert export["comments"][0]["text"] == evil
     csv_text = client.get("/admin/export.csv", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert csv_text.startswith("kind,participant_id") and csv_text.count("\nmushra,") == 5
@@ -192,9 +210,11 @@ def _free_port() -> int:
 
 def _serve(experiment_file, tmp_path, port) -> subprocess.Popen:
     env = {**os.environ, "ACCELERANDO_LISTENING_TOKEN": TOKEN}
+    (tmp_path / "records").mkdir(exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "accelerando.listening", "serve", "--experiment", str(experiment_file),
                              "--db", f"sqlite:///{tmp_path / 'live.sqlite'}", "--stimuli-dir", str(tmp_path / "live"),
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             "--records", str(tmp_path / "records"), "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -285,12 +305,12 @@ def test_a_participant_completes_the_test_in_a_real_browser(experiment_file, tmp
             assert 0.1 < before <= after < before + 0.5, (before, after)  # playing, and on from where it was
             shown = "train"
             page.click("#next")
-            for _ in range(3):
+            for _ in range(4):
                 # the next trial is on screen once its audio is decoded (data-ready names it)
                 page.wait_for_function(f"(document.getElementById('trial').dataset.ready || {shown!r}) !== {shown!r}")
                 shown = page.evaluate("document.getElementById('trial').dataset.ready")
-                if page.is_visible("#abx"):
-                    page.click("#abx button[data-answer=A]")
+                if page.is_visible("#choice"):  # ABX or remix: one answer
+                    page.click("#choice button >> nth=0")
                 else:
                     sliders = page.locator("#stimuli input[type=range]")
                     for i in range(sliders.count()):
@@ -305,5 +325,128 @@ def test_a_participant_completes_the_test_in_a_real_browser(experiment_file, tmp
         export = httpx.get(f"{url}/admin/export.json", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
     finally:
         server.kill()
-    assert len(export["ratings"]) == 5 + 4 and len(export["abx_answers"]) == 1  # t1, t2 and x1, all saved
+    assert len(export["ratings"]) == 5 + 4 and len(export["choices"]) == 2  # t1, t2, x1 and r1, all saved
     assert export["participants"][0]["finished_at"] is not None
+
+
+def test_uploads_are_validated_and_stored_whole_under_safe_names(experiment_file, tmp_path):
+    import io
+
+    client = _client(experiment_file, tmp_path)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def wav_bytes(wav, sr=SR, fmt="WAV"):
+        buf = io.BytesIO()
+        sf.write(buf, wav.T, sr, format=fmt)
+        return buf.getvalue()
+
+    good = wav_bytes(music())
+    assert client.put("/admin/stimuli/new.wav", content=good).status_code == 401
+    for name in ("..evil.wav", "evil.exe", "a b.wav", ".hidden.wav", "x" * 70 + ".wav"):
+        assert client.put(f"/admin/stimuli/{name}", content=good, headers=auth).status_code == 422, name
+    assert client.put("/admin/stimuli/..%2Fescape.wav", content=good, headers=auth).status_code in (404, 422)
+    refused = {"text.wav": b"RIFF but not really a wave file", "low.wav": wav_bytes(music(), sr=16000),
+               "clipped.wav": wav_bytes(np.clip(music(gain=3.0), -1, 1)), "short.flac": wav_bytes(music(0.5), fmt="FLAC")}
+    for name, body in refused.items():
+        r = client.put(f"/admin/stimuli/{name}", content=body, headers=auth)
+        assert r.status_code == 422 and name in r.json()["error"], (name, r.text)
+    assert client.put("/admin/stimuli/big.wav", content=b"0" * (51 * 2**20), headers=auth).status_code == 413
+    r = client.put("/admin/stimuli/new-take.flac", content=wav_bytes(music(), fmt="FLAC"), headers=auth)
+    assert r.status_code == 201 and r.json()["sample_rate"] == SR and r.json()["channels"] == 2
+    stored = sorted(p.name for p in (tmp_path / "stimuli" / "uploads").iterdir())
+    assert stored == ["new-take.flac"]  # nothing refused was kept, not even in part
+
+
+def test_dashboard_shows_the_records_offline_and_updates_live(experiment_file, tmp_path):
+    """Headless Chromium with every request off loopback refused: the dashboard renders the run
+    records (cards, Vega-Lite charts, the log) and shows a record written while it is open."""
+    import json
+    import shutil
+
+    from accelerando.record import BOOK_RECORD_DIR
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "no chromium on PATH: `make setup` installs Debian's (apt-get install chromium)"
+    records = tmp_path / "records"
+    records.mkdir()
+    for chapter in ("01_baselines", "04_svdquant_audio"):
+        shutil.copy(BOOK_RECORD_DIR / f"{chapter}.json", records)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(experiment_file, tmp_path, port)
+    outside = []
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium)
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+
+            def offline(route):
+                if route.request.url.startswith(url) or route.request.url.startswith(url.replace("http", "ws")):
+                    route.continue_()
+                else:
+                    outside.append(route.request.url)
+                    route.abort()
+
+            page.route("**/*", offline)
+            page.goto(f"{url}/dashboard")
+            page.wait_for_selector("body[data-rendered='2']")
+            assert "none measured" not in page.inner_text("#card-latency")  # 01_baselines timed its components
+            assert page.locator("#chart-latency svg").count() == 1 and page.locator("#chart-heatmap svg").count() == 1
+            assert page.locator("#log tr").count() == 1 + 2
+            page.select_option("#chapter", "04_svdquant_audio")
+            page.wait_for_selector("body[data-rendered='1']")
+            new = json.loads((records / "01_baselines.json").read_text()) | {"chapter": "99_new", "started": "2030-01-01"}
+            (records / "99_new.json").write_text(json.dumps(new))  # a run finishes while the page is open
+            page.wait_for_selector("#notice:has-text('99_new')", timeout=15_000)
+            page.select_option("#chapter", "")
+            page.wait_for_selector("body[data-rendered='3']")
+            page.click("#log tr[data-name$='99_new']")
+            page.wait_for_selector("#record:has-text('99_new')")
+            assert not errors, errors
+            browser.close()
+    finally:
+        server.kill()
+    assert not outside, outside  # nothing was fetched from outside: the vendored Vega works offline
+
+
+def test_make_experiment_builds_trials_from_a_chapters_stored_audio(tmp_path):
+    from accelerando.listening.__main__ import BOOK_AUDIO, experiment_from_chapter, main
+
+    out = tmp_path / "svdquant.yml"
+    main(["make-experiment", "--from", "04_svdquant_audio", "--reference", "full_precision", "--abx", "svdquant_w4a4",
+          "--out", str(out)])
+    exp = Experiment.load(out)
+    mushra = [t for t in exp.trials if t.type == "mushra"]
+    assert mushra and all(set(t.sources) == {"reference", "rtn_w4a4", "svdquant_w4a4"} for t in mushra)
+    assert [t.type for t in exp.trials].count("abx") == len(mushra) and exp.training == exp.trials[0].id
+    assert prepare(exp, tmp_path / "stimuli")  # the chapter's compressed audio is usable as stimuli
+    with pytest.raises(SystemExit, match="no clip has reference"):
+        experiment_from_chapter("04_svdquant_audio", "nope", [])
+    with pytest.raises(SystemExit, match="no stored audio"):
+        experiment_from_chapter("99_missing", "x", [], audio_root=BOOK_AUDIO)
+
+
+def test_dashboard_rows_share_one_unit_and_name_their_cpu(tmp_path):
+    import json
+    import shutil
+
+    from accelerando import dashboard
+    from accelerando.record import BOOK_RECORD_DIR
+
+    for chapter in ("01_baselines", "04_svdquant_audio"):
+        shutil.copy(BOOK_RECORD_DIR / f"{chapter}.json", tmp_path)
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"not": "a record"}))
+    records = dashboard.find_records([tmp_path])
+    assert sorted(r["chapter"] for r in records) == ["01_baselines", "04_svdquant_audio"]  # the rest skipped
+    latency = dashboard.efficiency_rows(records)
+    assert latency and all(r["cpu"] and r["latency_per_10s"] == pytest.approx(10 * r["latency_s"] / r["audio_seconds"])
+                           for r in latency)
+    quality = dashboard.quality_rows(records)
+    w4a4 = {r["method"] for r in quality if r["bits"] == "w4a4"}
+    assert {"rtn", "svdquant"} <= w4a4 and all(r["n"] > 0 and r["value"] >= 0 for r in quality)
+    log = [dashboard.summary(r) for r in records]
+    assert all(row["cpu"] and row["measurements"] > 0 for row in log)

@@ -4,6 +4,7 @@
         --abx svdquant_w4a4 --out listening/svdquant.yml
     python -m accelerando.listening serve --experiment listening/svdquant.yml      # http://127.0.0.1:8010
     python -m accelerando.listening serve --db postgresql+psycopg://me@db/listening --port 8011
+    python -m accelerando.listening serve      # no experiment: the dashboard of every run record at /dashboard
 
 `serve` prints the admin token (or takes ACCELERANDO_LISTENING_TOKEN); the admin page is /admin.
 """
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--stimuli-dir", default="listening/stimuli", help="where the prepared stimuli are written")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8010)
+    s.add_argument("--records", nargs="*", default=None, metavar="DIR",
+                   help="run-record folders the dashboard shows (default: book/records and runs/)")
     m = sub.add_parser("make-experiment", help="an experiment file from a chapter's stored audio")
     m.add_argument("--from", dest="chapter", required=True, help="chapter name, e.g. 04_svdquant_audio")
     m.add_argument("--reference", required=True, help="the condition heard as the reference, e.g. full_precision")
@@ -90,12 +93,13 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.db.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
         experiment = Experiment.load(args.experiment) if args.experiment else None
-        app = create_app(experiment, Store(args.db), args.stimuli_dir, token)
+        app = create_app(experiment, Store(args.db), args.stimuli_dir, token,
+                         record_dirs=[Path(d) for d in args.records] if args.records else None)
     except (ExperimentError, ValueError) as err:
         sys.exit(f"cannot serve: {err}")
     if "ACCELERANDO_LISTENING_TOKEN" not in os.environ:
         print(f"admin token: {token}  (set ACCELERANDO_LISTENING_TOKEN to choose one)", flush=True)
-    print(f"listening test on http://{args.host}:{args.port}/ (admin: /admin)", flush=True)
+    print(f"listening test on http://{args.host}:{args.port}/ (admin: /admin, dashboard: /dashboard)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

@@ -1,9 +1,9 @@
 """The statistics of a listening test: MUSHRA scores per condition after BS.1534-3 post-screening,
-and ABX answers against chance.
+and forced choices (ABX, remix) against chance.
 
     kept, excluded = post_screen(rows)              # assessors who missed the hidden reference too often
     mushra_summary(kept)                            # per condition: n, median, IQR, mean [95% CI]
-    abx_summary(answers)                            # per trial and overall: correct / n, one-sided binomial p
+    choice_summary(answers)                         # per trial and overall: correct / n, one-sided binomial p
 
 `rows` are rating rows as the store exports them (participant_id, trial_id, condition, score).
 """
@@ -58,19 +58,25 @@ def mushra_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def binomial_p(correct: int, n: int) -> float:
-    """One-sided p of at least `correct` right answers out of `n` by guessing (p = 1/2)."""
-    return float(sps.binomtest(correct, n, 0.5, alternative="greater").pvalue) if n else 1.0
+def binomial_p(correct: int, n: int, chance: float = 0.5) -> float:
+    """One-sided p of at least `correct` right answers out of `n` by guessing at `chance`."""
+    return float(sps.binomtest(correct, n, chance, alternative="greater").pvalue) if n else 1.0
 
 
-def abx_summary(answers: list[dict]) -> list[dict]:
-    """Per ABX trial and over all of them: answers, correct, share correct and the binomial p
-    against guessing (a small p: listeners hear a difference)."""
+def choice_summary(answers: list[dict]) -> list[dict]:
+    """Per forced-choice trial (ABX, remix) and over all trials of each kind: answers, correct,
+    share correct, chance (1 / options) and the binomial p against guessing (a small p: listeners
+    hear the difference, or find the generated stem). Pooled over trials with different numbers
+    of options, chance is their mean (a binomial approximation of the Poisson binomial)."""
+    groups = {(a["kind"], a["trial_id"]): [] for a in answers}
+    for a in answers:
+        groups[(a["kind"], a["trial_id"])].append(a)
+        groups.setdefault((a["kind"], f"all {a['kind']} trials"), []).append(a)
     out = []
-    groups = {t: [a for a in answers if a["trial_id"] == t] for t in sorted({a["trial_id"] for a in answers})}
-    groups["all trials"] = list(answers)
-    for trial, group in groups.items():
+    for (kind, trial), group in sorted(groups.items()):
+        options = {a["options"] for a in group}
+        chance = 1 / options.pop() if len(options) == 1 else float(np.mean([1 / a["options"] for a in group]))
         n, correct = len(group), sum(bool(a["correct"]) for a in group)
-        out.append({"trial_id": trial, "n": n, "correct": correct, "share_correct": correct / n if n else None,
-                    "p_value": binomial_p(correct, n)})
+        out.append({"kind": kind, "trial_id": trial, "n": n, "correct": correct, "share_correct": correct / n,
+                    "chance": chance, "p_value": binomial_p(correct, n, chance)})
     return out

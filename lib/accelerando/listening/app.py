@@ -9,13 +9,16 @@ A participant consents, gets an anonymous id, and is served the trials in an ord
 their own too. Every answer names a slot, never a condition, and audio is fetched by slot, so the
 page holds nothing that tells a condition apart. Each rating is stored when given
 (`PUT .../ratings/<slot>`), a trial is closed only when all its slots are rated (409 otherwise),
-and the participant's state (`GET /api/participants/<id>`) lets a reopened tab resume. The admin
-routes (`/admin/export.csv`, `/admin/export.json`, `/admin/summary.json`) answer 401 without the
-token.
+an ABX or remix trial takes one answer (`POST .../choice`), and the participant's state
+(`GET /api/participants/<id>`) lets a reopened tab resume. The admin
+routes (`/admin/export.csv`, `/admin/export.json`, `/admin/summary.json`, `PUT /admin/stimuli/<name>`)
+answer 401 without the token. `/dashboard` shows every run record (`accelerando.dashboard`) and
+updates over a WebSocket (`/ws/records`) when one is written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -24,15 +27,22 @@ import re
 import secrets
 from pathlib import Path
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from .analysis import abx_summary, mushra_summary, post_screen
-from .experiment import Experiment, prepare
+from .. import dashboard
+from ..audio import CLIP_LEVEL, AudioError
+from .analysis import choice_summary, mushra_summary, post_screen
+from .experiment import Experiment, prepare, read_stimulus
 from .store import Store
 
 STATIC = Path(__file__).parent / "static"
+VENDOR = dashboard.REPO_ROOT / "book" / "vendor"   # JavaScript vendored from npm (make vendor)
 MAX_BODY_BYTES = 16_384
+MAX_UPLOAD_BYTES = 50 * 2**20      # a 30 s stereo stimulus at 96 kHz in float32 is 23 MB
+MIN_UPLOAD_RATE = 32_000           # BS.1534-3 tests high-quality audio; the 7 kHz anchor needs more than 14 kHz
+MAX_CLIPPED_SHARE = 1e-3           # uploads with more samples at full scale than this are refused
+UPLOAD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.(wav|flac)$")
 MAX_COMMENT_CHARS = 2000
 PARTICIPANT_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -59,11 +69,16 @@ class Session:
         self.order = ([experiment.training] if experiment.training else []) + rated
 
     def slots(self, trial_id: str) -> dict[str, str]:
-        """Slot label -> condition. MUSHRA: "reference" (the open one) and "1".."n"; ABX: A, B, X."""
+        """Slot label -> condition. MUSHRA: "reference" (the open one) and "1".."n"; ABX: A, B, X;
+        remix: "mix" and the stems by name, in an order of the participant's own."""
         trial = self.experiment.trial(trial_id)
         rng = random.Random(f"{self.pid}:{trial_id}")
         if trial.type == "abx":
             return {"A": "a", "B": "b", "X": rng.choice(["a", "b"])}
+        if trial.type == "remix":
+            stems = [c for c in trial.sources if c != "mix"]
+            rng.shuffle(stems)
+            return {"mix": "mix", **{stem: stem for stem in stems}}
         rated = [c for c in self.manifest[trial_id] if c != "reference"]
         rng.shuffle(rated)
         return {"reference": "reference", **{str(i + 1): c for i, c in enumerate(rated)}}
@@ -72,9 +87,11 @@ class Session:
         return [s for s in self.slots(trial_id) if s != "reference"]
 
 
-def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | Path, admin_token: str) -> FastAPI:
+def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | Path, admin_token: str,
+               record_dirs: list[Path] | None = None) -> FastAPI:
     """The app for `experiment` (None: the page says how to make one), its answers in `store`, its
-    prepared stimuli in `stimuli_dir`, its admin routes behind `admin_token`."""
+    prepared stimuli in `stimuli_dir`, its admin routes behind `admin_token`; the dashboard reads
+    the run records in `record_dirs` (default: book/records and runs/)."""
     if len(admin_token) < 16:
         raise ValueError("admin_token: use at least 16 random characters (secrets.token_urlsafe())")
     stimuli_dir = Path(stimuli_dir)
@@ -83,9 +100,10 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
 
     @app.middleware("http")
     async def cap_body(request: Request, call_next):
+        cap = MAX_UPLOAD_BYTES if request.url.path.startswith("/admin/stimuli/") else MAX_BODY_BYTES
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        if length is not None and (not length.isdigit() or int(length) > cap):
+            return _error(413, f"request body over {cap} bytes")
         return await call_next(request)
 
     async def json_body(request: Request) -> dict:
@@ -129,6 +147,55 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
     async def admin_page():
         return FileResponse(STATIC / "admin.html")
 
+    @app.get("/dashboard", response_class=HTMLResponse)
+    async def dashboard_page():
+        return FileResponse(STATIC / "dashboard.html")
+
+    @app.get("/vendor/{package}/{name}")
+    async def vendor(package: str, name: str):
+        path = VENDOR / package / name
+        if not re.fullmatch(r"[a-z-]+", package) or not re.fullmatch(r"[a-z0-9_.-]+\.js", name) or not path.is_file():
+            return _error(404, f"no vendored file {package}/{name}: run `make vendor`")
+        return FileResponse(path, media_type="text/javascript")
+
+    def records() -> list[dict]:
+        return dashboard.find_records(record_dirs)
+
+    @app.get("/api/records")
+    async def record_log():
+        return [dashboard.summary(r) for r in records()]
+
+    @app.get("/api/records/{name:path}")
+    async def record(name: str):
+        found = next((r for r in records() if r["_name"] == name), None)  # only names the log lists: no paths
+        if found is None:
+            raise _Bad(404, f"no record {name!r}: GET /api/records lists them")
+        return {k: v for k, v in found.items() if k != "_path"}
+
+    @app.get("/api/efficiency")
+    async def efficiency():
+        found = records()
+        return {"latency": dashboard.efficiency_rows(found), "quality": dashboard.quality_rows(found)}
+
+    @app.websocket("/ws/records")
+    async def watch(socket: WebSocket):
+        """Sends {"event": "record", "name": ...} whenever a record is written or changed."""
+        await socket.accept()
+
+        def stamps() -> dict[str, float]:
+            return {r["_name"]: Path(r["_path"]).stat().st_mtime for r in records()}
+
+        seen = await asyncio.to_thread(stamps)
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                now = await asyncio.to_thread(stamps)
+                for name in sorted(n for n, t in now.items() if seen.get(n) != t):
+                    await socket.send_json({"event": "record", "name": name})
+                seen = now
+        except (WebSocketDisconnect, RuntimeError):
+            return
+
     @app.get("/static/{name}")
     async def static(name: str):
         path = STATIC / name
@@ -165,7 +232,7 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
             trials.append({"id": tid, "type": trial.type, "training": tid == experiment.training,
                            "slots": list(slots), "done": tid in progress["done"],
                            "ratings": {sl: by_condition[c] for sl, c in slots.items() if c in by_condition},
-                           "answered": tid in progress["abx"]})
+                           "answered": tid in progress["choices"]})
         position = next((i for i, t in enumerate(trials) if not t["done"]), len(trials))
         return {"participant_id": pid, "title": experiment.title, "trials": trials, "position": position}
 
@@ -194,18 +261,24 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
         revisions = store.rate(pid, trial_id, s.slots(trial_id)[slot], score)
         return {"saved": True, "revisions": revisions}
 
-    @app.post("/api/participants/{pid}/trials/{trial_id}/abx")
-    async def abx(pid: str, trial_id: str, request: Request):
+    @app.post("/api/participants/{pid}/trials/{trial_id}/choice")
+    async def choose(pid: str, trial_id: str, request: Request):
+        """The one answer to an ABX trial (which one X is: "A" or "B") or a remix trial (the stem
+        that was generated)."""
         s = session(pid)
         trial = trial_of(s, trial_id)
         data = await json_body(request)
-        if trial.type != "abx":
-            raise _Bad(409, f"trial {trial_id} is not an ABX trial")
-        if data.get("answer") not in ("A", "B"):
-            raise _Bad(422, f"answer {data.get('answer')!r}: 'A' or 'B' (which one X is)")
-        x_is = "A" if s.slots(trial_id)["X"] == "a" else "B"
+        answer = data.get("answer")
+        if trial.type == "abx":
+            options, truth = ["A", "B"], "A" if s.slots(trial_id)["X"] == "a" else "B"
+        elif trial.type == "remix":
+            options, truth = [c for c in trial.sources if c != "mix"], trial.generated
+        else:
+            raise _Bad(409, f"trial {trial_id} is a MUSHRA trial: rate its stimuli instead")
+        if answer not in options:
+            raise _Bad(422, f"answer {answer!r}: one of {options}")
         try:
-            store.answer_abx(pid, trial_id, x_is, data["answer"])
+            store.choose(pid, trial_id, trial.type, truth, answer, len(options))
         except ValueError as err:
             raise _Bad(409, str(err)) from None
         return {"saved": True}
@@ -221,8 +294,8 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
                 missing = [sl for sl in s.rated_slots(trial_id) if s.slots(trial_id)[sl] not in rated]
                 if missing:
                     raise _Bad(409, f"rate every stimulus first: slot(s) {missing} have no rating")
-            elif trial_id not in progress["abx"]:
-                raise _Bad(409, "answer which one X is first")
+            elif trial_id not in progress["choices"]:
+                raise _Bad(409, "answer the trial's question first")
         store.finish_trial(pid, trial_id)
         if set(s.order) <= set(store.progress(pid)["done"]):
             store.finish(pid)
@@ -240,10 +313,40 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
         store.comment(pid, trial_id, text)  # stored as given; every page escapes it when it shows it
         return {"saved": True}
 
+    uploads = stimuli_dir / "uploads"
+
+    @app.put("/admin/stimuli/{name}", status_code=201)
+    async def upload(name: str, request: Request, authorization: str | None = Header(default=None)):
+        """A stimulus file for experiments (the request body is the file): refused with the reason
+        unless it is WAV or FLAC, at least 32 kHz, 1-30 s, not silent, not clipped. Stored as
+        `<stimuli dir>/uploads/<name>`; an experiment file names it by that path."""
+        admin(authorization)
+        if not UPLOAD_NAME.match(name):
+            raise _Bad(422, f"file name {name!r}: 1-64 letters, digits, '_' or '-', then .wav or .flac")
+        body = await request.body()
+        if len(body) > MAX_UPLOAD_BYTES:
+            raise _Bad(413, f"upload over {MAX_UPLOAD_BYTES} bytes")
+        uploads.mkdir(parents=True, exist_ok=True)
+        partial = uploads / f".{secrets.token_hex(8)}.{name.rsplit('.', 1)[1]}"
+        partial.write_bytes(body)
+        try:
+            wav, sr = read_stimulus(partial, name)
+            if sr < MIN_UPLOAD_RATE:
+                raise AudioError(f"{name}: {sr} Hz is below {MIN_UPLOAD_RATE} Hz; upload the high-rate original")
+            clipped = float((abs(wav) >= CLIP_LEVEL).mean())
+            if clipped > MAX_CLIPPED_SHARE:
+                raise AudioError(f"{name}: {clipped:.2%} of its samples are at full scale (clipped); lower its level")
+        except AudioError as err:
+            partial.unlink()
+            raise _Bad(422, str(err)) from None
+        partial.replace(uploads / name)  # whole or not at all
+        return {"name": name, "path": str(Path("uploads") / name), "sample_rate": sr, "channels": wav.shape[0],
+                "seconds": wav.shape[-1] / sr}
+
     @app.get("/admin/export.json")
     async def export_json(authorization: str | None = Header(default=None)):
         admin(authorization)
-        return {name: store.rows(name) for name in ("participants", "ratings", "abx_answers", "trials_done", "comments")}
+        return {name: store.rows(name) for name in ("participants", "ratings", "choices", "trials_done", "comments")}
 
     @app.get("/admin/export.csv")
     async def export_csv(authorization: str | None = Header(default=None)):
@@ -253,9 +356,9 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
         writer.writerow(["kind", "participant_id", "trial_id", "condition", "score_or_answer", "correct", "at"])
         for r in store.rows("ratings"):
             writer.writerow(["mushra", r["participant_id"], r["trial_id"], r["condition"], r["score"], "", r["rated_at"]])
-        for r in store.rows("abx_answers"):
-            writer.writerow(["abx", r["participant_id"], r["trial_id"], f"X={r['x_is']}", r["answer"], r["correct"],
-                             r["answered_at"]])
+        for r in store.rows("choices"):
+            writer.writerow([r["kind"], r["participant_id"], r["trial_id"], f"truth={r['truth']}", r["answer"],
+                             r["correct"], r["answered_at"]])
         return Response(buf.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": 'attachment; filename="listening.csv"'})
 
@@ -264,7 +367,7 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
         admin(authorization)
         kept, excluded = post_screen(store.rows("ratings"))
         return {"counts": store.counts(), "excluded_assessors": excluded, "mushra": mushra_summary(kept),
-                "abx": abx_summary(store.rows("abx_answers")),
+                "choices": choice_summary(store.rows("choices")),
                 "sessions": [{"participant_id": r["id"], "finished": r["finished_at"] is not None}
                              for r in store.rows("participants")]}
 

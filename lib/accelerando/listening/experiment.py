@@ -14,12 +14,18 @@ An experiment is a YAML file (paths relative to it):
         type: abx
         a: audio/waltz/full.wav
         b: audio/waltz/svdquant.wav
+      - id: reel-remix
+        type: remix                      # which stem of the mix was generated? (double-blind)
+        mix: audio/reel/mix.wav
+        stems: {fiddle: audio/reel/fiddle.wav, bodhran: audio/reel/bodhran.wav, guitar: audio/reel/guitar.wav}
+        generated: guitar
 
 `prepare` writes what a participant hears into a folder: for a MUSHRA trial (ITU-R BS.1534-3)
 the open reference, the hidden reference, the 3.5 kHz low-pass anchor, the 7 kHz mid anchor and
 the conditions, all loudness-matched to the reference (ITU-R BS.1770 integrated loudness); for
-an ABX trial A, B and X (A or B, drawn per participant when the trial is served). Files are named
-by an opaque id, so nothing a participant can see says which condition is which.
+an ABX trial A, B and X (A or B, drawn per participant when the trial is served); for a remix
+trial the mix and each stem, the stems matched to the mix. Files are named by an opaque id, so
+nothing a participant can see says which condition is which.
 """
 
 from __future__ import annotations
@@ -54,8 +60,10 @@ class ExperimentError(ValueError):
 @dataclass(frozen=True)
 class Trial:
     id: str
-    type: str                              # "mushra" or "abx"
-    sources: dict[str, str]                # condition -> audio path (MUSHRA: "reference" and the conditions; ABX: "a", "b")
+    type: str                              # "mushra", "abx" or "remix"
+    sources: dict[str, str]                # condition -> audio path (MUSHRA: "reference" and the conditions;
+                                           # ABX: "a", "b"; remix: "mix" and the stems by name)
+    generated: str | None = None           # remix: the stem that was generated (never sent to a participant)
 
 
 @dataclass
@@ -104,9 +112,17 @@ class Experiment:
                 if "a" not in t or "b" not in t:
                     raise ExperimentError(f"trial {tid}: an ABX trial needs 'a' and 'b'")
                 sources = {"a": t["a"], "b": t["b"]}
+            elif kind == "remix":
+                stems = t.get("stems") or {}
+                if "mix" not in t or len(stems) < 2 or t.get("generated") not in stems:
+                    raise ExperimentError(f"trial {tid}: a remix trial needs a 'mix', two or more 'stems' and "
+                                          f"'generated' naming one of them")
+                if "mix" in stems or not all(TRIAL_ID.match(str(name)) for name in stems):
+                    raise ExperimentError(f"trial {tid}: stem names are letters, digits, '_', '-' or '.', not 'mix'")
+                sources = {"mix": t["mix"], **stems}
             else:
-                raise ExperimentError(f"trial {tid}: type {kind!r}; use 'mushra' or 'abx'")
-            trials.append(Trial(tid, kind, {k: str(v) for k, v in sources.items()}))
+                raise ExperimentError(f"trial {tid}: type {kind!r}; use 'mushra', 'abx' or 'remix'")
+            trials.append(Trial(tid, kind, {k: str(v) for k, v in sources.items()}, t.get("generated")))
         ids = [t.id for t in trials]
         if len(set(ids)) != len(ids):
             raise ExperimentError(f"trial ids repeat: {sorted({i for i in ids if ids.count(i) > 1})}")
@@ -177,8 +193,8 @@ def prepare(experiment: Experiment, out: str | Path) -> dict:
     """Write every stimulus of `experiment` into `out` as `<stimulus id>.wav` and return the
     manifest {trial: {condition: stimulus id}} (also written as `out/manifest.json`).
 
-    MUSHRA stimuli are cut to the shortest of the trial, loudness-matched to the reference, and
-    joined by the hidden reference and both anchors; ABX stimuli are matched to A."""
+    Stimuli are cut to the shortest of their trial and loudness-matched to its first (the MUSHRA
+    reference, ABX's A, the remix's mix); MUSHRA trials gain the hidden reference and both anchors."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {}
@@ -192,7 +208,7 @@ def prepare(experiment: Experiment, out: str | Path) -> dict:
         sr = rates.pop()
         n = min(w.shape[-1] for w, _ in audio.values())
         audio = {c: w[:, :n] for c, (w, _) in audio.items()}
-        first = "reference" if trial.type == "mushra" else "a"
+        first = {"mushra": "reference", "abx": "a", "remix": "mix"}[trial.type]
         target = loudness(audio[first], sr)
         if trial.type == "mushra":
             audio[HIDDEN_REFERENCE] = audio["reference"]

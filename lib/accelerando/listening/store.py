@@ -1,10 +1,10 @@
-"""The listening test's database: participants, every rating the moment it is given, ABX answers, comments.
+"""The listening test's database: participants, every rating the moment it is given, forced choices, comments.
 
 SQLAlchemy Core on any URL it takes: a SQLite file by default (`sqlite:///listening.sqlite`),
 PostgreSQL with `postgresql+psycopg://user@host/db`. A rating is one row per (participant, trial,
 stimulus), written when the slider is released and overwritten when it moves again (its
 `revisions` count how often), so a closed tab, a lost connection or a restarted server loses
-nothing that was answered; a trial is `done` once all its stimuli are rated and the participant
+nothing that was answered; an ABX or remix trial takes one answer; a trial is `done` once all its stimuli are rated and the participant
 moves on, which is where a returning participant resumes.
 """
 
@@ -36,13 +36,15 @@ ratings = Table(
     Column("revisions", Integer, nullable=False, default=1),
     Column("rated_at", Float, nullable=False),
 )
-abx_answers = Table(
-    "abx_answers", metadata,
+choices = Table(  # one answer per forced-choice trial: ABX (which one X is) and remix (which stem is generated)
+    "choices", metadata,
     Column("participant_id", String(32), ForeignKey("participants.id"), primary_key=True),
     Column("trial_id", String(64), primary_key=True),
-    Column("x_is", String(1), nullable=False),
-    Column("answer", String(1), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("truth", String(64), nullable=False),
+    Column("answer", String(64), nullable=False),
     Column("correct", Boolean, nullable=False),
+    Column("options", Integer, nullable=False),    # how many answers were possible: chance is 1 / options
     Column("answered_at", Float, nullable=False),
 )
 trials_done = Table(
@@ -102,15 +104,17 @@ class Store:
                                                             revisions=ratings.c.revisions + 1))
                 return int(c.execute(select(ratings.c.revisions).where(key)).scalar_one())
 
-    def answer_abx(self, pid: str, trial_id: str, x_is: str, answer: str) -> bool:
-        """Store the participant's one answer to an ABX trial (a second answer is refused: ValueError)."""
+    def choose(self, pid: str, trial_id: str, kind: str, truth: str, answer: str, options: int) -> bool:
+        """Store the participant's one answer to a forced-choice trial (a second one is refused:
+        ValueError); returns whether it was right."""
         try:
             with self.engine.begin() as c:
-                c.execute(insert(abx_answers).values(participant_id=pid, trial_id=trial_id, x_is=x_is, answer=answer,
-                                                     correct=x_is == answer, answered_at=time.time()))
+                c.execute(insert(choices).values(participant_id=pid, trial_id=trial_id, kind=kind, truth=truth,
+                                                 answer=answer, correct=truth == answer, options=options,
+                                                 answered_at=time.time()))
         except IntegrityError:
             raise ValueError(f"trial {trial_id} was already answered") from None
-        return x_is == answer
+        return truth == answer
 
     def finish_trial(self, pid: str, trial_id: str) -> None:
         with self.engine.begin() as c:
@@ -128,19 +132,19 @@ class Store:
             c.execute(insert(comments).values(participant_id=pid, trial_id=trial_id, text=text, written_at=time.time()))
 
     def progress(self, pid: str) -> dict:
-        """What a returning participant had answered: ratings {trial: {condition: score}}, ABX answers
+        """What a returning participant had answered: ratings {trial: {condition: score}}, choices
         {trial: answer}, and the trials done."""
         with self.engine.connect() as c:
             rated = c.execute(select(ratings).where(ratings.c.participant_id == pid)).mappings().all()
-            abx = c.execute(select(abx_answers).where(abx_answers.c.participant_id == pid)).mappings().all()
+            chosen = c.execute(select(choices).where(choices.c.participant_id == pid)).mappings().all()
             done = c.execute(select(trials_done.c.trial_id).where(trials_done.c.participant_id == pid)).scalars().all()
-        out: dict = {"ratings": {}, "abx": {r["trial_id"]: r["answer"] for r in abx}, "done": sorted(done)}
+        out: dict = {"ratings": {}, "choices": {r["trial_id"]: r["answer"] for r in chosen}, "done": sorted(done)}
         for r in rated:
             out["ratings"].setdefault(r["trial_id"], {})[r["condition"]] = r["score"]
         return out
 
     def rows(self, table: str) -> list[dict]:
-        """Every row of `table` (participants, ratings, abx_answers, trials_done, comments): the export."""
+        """Every row of `table` (participants, ratings, choices, trials_done, comments): the export."""
         if table not in metadata.tables:
             raise ValueError(f"table {table!r}: the store has {sorted(metadata.tables)}")
         with self.engine.connect() as c:

@@ -49,14 +49,14 @@ async function load() {
   $("status").textContent = "";
   $("results").hidden = false;
   const finished = s.sessions.filter((x) => x.finished).length;
-  $("sessions").textContent = `${s.sessions.length} participants, ${finished} finished; ${s.counts.ratings} ratings, ${s.counts.abx_answers} ABX answers, ${s.counts.comments} comments.`;
+  $("sessions").textContent = `${s.sessions.length} participants, ${finished} finished; ${s.counts.ratings} ratings, ${s.counts.choices} ABX and remix answers, ${s.counts.comments} comments.`;
   const excluded = Object.keys(s.excluded_assessors);
   $("screening").textContent = excluded.length
     ? `${excluded.length} assessor(s) excluded: they rated the hidden reference below 90 in more than 15% of their trials.`
     : "No assessor excluded (BS.1534-3: hidden reference below 90 in more than 15% of trials).";
   table($("mushra"), s.mushra, ["condition", "n", "median", "q1", "q3", "mean", "ci_low", "ci_high"]);
   boxes(s.mushra);
-  table($("abx"), s.abx, ["trial_id", "n", "correct", "share_correct", "p_value"]);
+  table($("choices"), s.choices, ["kind", "trial_id", "n", "correct", "share_correct", "chance", "p_value"]);
   for (const [id, path] of [["csv", "/admin/export.csv"], ["json", "/admin/export.json"]]) {
     $(id).onclick = async (e) => {
       e.preventDefault();
