@@ -252,3 +252,13 @@ def test_typed_numbers_of_every_chapter_are_counted(capsys):
     counts = {chapter: len(book.typed_numbers(chapter)) for chapter in chapter_names()}
     with capsys.disabled():
         print(f"\ntyped numbers in chapter prose (glue them, or mark them as quoted): {counts}")
+
+
+def test_results_at_a_glance_page_is_made_from_the_records_and_committed_current():
+    page = book.glance_page()
+    for chapter in chapter_names():
+        record = book.BOOK_RECORD_DIR / f"{chapter}.json"
+        if record.exists():
+            for name, figure in json.loads(record.read_text())["figures"].items():
+                assert f"| `{name}` | {book._figure_text(figure['value'])} |" in page, (chapter, name)
+    assert book.GLANCE.read_text() == page, "book/chapters/glance.md is behind the records: run `python -m accelerando.book glance`"

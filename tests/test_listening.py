@@ -450,3 +450,24 @@ def test_dashboard_rows_share_one_unit_and_name_their_cpu(tmp_path):
     assert {"rtn", "svdquant"} <= w4a4 and all(r["n"] > 0 and r["value"] >= 0 for r in quality)
     log = [dashboard.summary(r) for r in records]
     assert all(row["cpu"] and row["measurements"] > 0 for row in log)
+
+
+def test_simulated_panel_is_caught_by_post_screening_and_sizes_a_panel():
+    from accelerando.listening.panel import assessors_needed, paired_power, simulate_choices, simulate_mushra
+
+    scores = {HIDDEN_REFERENCE: 98, "svdquant": 80, "rtn": 60, "anchor_3.5k": 20}
+    rows = simulate_mushra(scores, trials=6, assessors=20, careless=0.2, seed=0)
+    assert all(r["simulated"] for r in rows) and len(rows) == 6 * 20 * len(scores)
+    kept, excluded = post_screen(rows)
+    careless = {r["participant_id"] for r in rows if r["careless"]}
+    assert len(careless) == 4 and careless <= set(excluded)  # random raters miss the hidden reference
+    means = {r["condition"]: r["mean"] for r in mushra_summary(kept)}
+    assert means["svdquant"] > means["rtn"] > means["anchor_3.5k"]
+    abx = choice_summary(simulate_choices("abx", 6, 20, p_correct=0.5, seed=1))
+    assert abx[-1]["p_value"] > 0.01  # guessing is not found significant ...
+    assert choice_summary(simulate_choices("abx", 6, 20, p_correct=0.9, seed=1))[-1]["p_value"] < 1e-6  # ... hearing is
+    assert paired_power(10, 5, 12) < paired_power(40, 5, 12) < paired_power(40, 10, 12)
+    n = assessors_needed(5, 12)
+    assert paired_power(n, 5, 12) >= 0.8 > paired_power(n - 1, 5, 12)
+    with pytest.raises(ValueError, match="careless"):
+        simulate_mushra(scores, 1, 1, careless=1.0)

@@ -270,6 +270,8 @@ def run_chapter(
             ) from None
         shutil.move(tmp_out, out)
     _stamp_record(chapter, record_dir, key, param_set, params, started)
+    if into_book:
+        write_glance()
     print(f"[book] {chapter}: wrote {out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out}", flush=True)
     return out
 
@@ -381,6 +383,7 @@ def jupyter_book_command(path_output: Path, strict: bool = True) -> list[str]:
 
 def build_html(strict: bool = True) -> Path:
     """Jupyter Book 1.x HTML build of the whole book (warnings are errors when strict)."""
+    write_glance()
     cmd = jupyter_book_command(BOOK, strict)
     subprocess.run(cmd, check=True, cwd=REPO_ROOT)
     html = BOOK / "_build" / "html"
@@ -389,6 +392,53 @@ def build_html(strict: bool = True) -> Path:
     if (BOOK / "audio").is_dir():
         shutil.copytree(BOOK / "audio", html / "book" / "audio", dirs_exist_ok=True)
     return html / "index.html"
+
+
+# ---------------------------------------------------------------------------------------------
+# Results at a glance: a page of every chapter's recorded figures
+
+GLANCE = BOOK / "chapters" / "glance.md"  # beside the executed chapters: a run's output, not a source
+
+
+def _figure_text(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
+
+
+def glance_page(record_dir: Path = BOOK_RECORD_DIR) -> str:
+    """The book's "Results at a glance" page (MyST): the machine, threads and commit of each
+    chapter's run, and every figure its record holds, each table linked to its chapter. Made from
+    the records alone, so it changes exactly when a chapter's results do."""
+    runs = ["| chapter | CPU | CPU flags | threads | commit | finished |", "| --- | --- | --- | --- | --- | --- |"]
+    sections = []
+    for chapter in chapter_names():
+        path = Path(record_dir) / f"{chapter}.json"
+        link = f"{{doc}}`{chapter}`"
+        if not path.exists():
+            runs.append(f"| {link} | not executed yet | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        hw, commit = r.get("hardware", {}), (r.get("git") or {}).get("commit") or "none"
+        runs.append(f"| {link} | {hw.get('cpu', '?')} | {', '.join(hw.get('cpu_flags', []))} | "
+                    f"{hw.get('torch_threads', '?')} | `{commit[:10]}` | {(r.get('finished') or '?')[:16]} |")
+        figures = r.get("figures", {})
+        if figures:
+            rows = [f"| `{name}` | {_figure_text(f.get('value') if isinstance(f, dict) else f)} |"
+                    for name, f in figures.items()]
+            sections += [f"## {link}", "", "| figure | value |", "| --- | --- |", *rows, ""]
+    return "\n".join([
+        "# Results at a glance", "",
+        "Every value on this page is read from a chapter's run record (`book/records/`) by "
+        "`python -m accelerando.book glance`, which the book's build runs; each table links to the chapter whose run "
+        "printed it, where the prose says what it measures and how sure it is. Absolute times compare only within one "
+        "machine: the first table names each run's.", "",
+        "## The runs", "", *runs, "", *sections])
+
+
+def write_glance(record_dir: Path = BOOK_RECORD_DIR, out: Path = GLANCE) -> Path:
+    out.write_text(glance_page(record_dir))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="list each chapter as current or stale, and why")
     numbers = sub.add_parser("numbers", help="list numbers typed in a chapter's prose (not glued, quoted or labels)")
     numbers.add_argument("chapter")
+    sub.add_parser("glance", help="write the Results at a glance page from the chapters' run records")
     show = sub.add_parser("params", help="list a chapter's parameters and sets")
     show.add_argument("chapter")
     args = parser.parse_args(argv)
@@ -560,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
             for line, number, text in found:
                 print(f"{args.chapter}.md:{line}: {number}    {text[:110]}")
             print(f"{len(found)} typed numbers in {args.chapter}")
+        elif args.command == "glance":
+            print(f"[book] wrote {write_glance().relative_to(REPO_ROOT)}")
         elif args.command == "params":
             defaults = default_params(read_chapter(args.chapter))
             sets = param_sets(args.chapter)

@@ -224,6 +224,19 @@ def prepare(experiment: Experiment, out: str | Path) -> dict:
     return manifest
 
 
+def stimulus_table(experiment: Experiment, manifest: dict, folder: str | Path) -> list[dict]:
+    """One row per prepared stimulus (trial, type, condition, seconds, loudness in LUFS), read
+    back from the files `prepare` wrote into `folder`."""
+    rows = []
+    for trial in experiment.trials:
+        for condition, sid in manifest[trial.id].items():
+            wav, sr = load_audio(Path(folder) / f"{sid}.wav")
+            wav = wav.numpy()
+            rows.append({"trial": trial.id, "type": trial.type, "condition": condition,
+                         "seconds": wav.shape[-1] / sr, "loudness_lufs": loudness(wav, sr)})
+    return rows
+
+
 def describe(experiment: Experiment) -> dict:
     return {"name": experiment.name, "title": experiment.title, "training": experiment.training,
             "trials": [asdict(t) for t in experiment.trials]}
