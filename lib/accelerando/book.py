@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from .dashboard import read_record
+from .dashboard import summary as run_summary
 from .machine import BOOK_RUN_OUTPUTS, REPO_ROOT, dirty_files, git_commit
 from .players import NOTEBOOK_DIR_ENV
 from .record import ALLOW_DIRTY_ENV, BOOK_RECORD_DIR, RECORD_DIR_ENV, input_hashes, library_hashes
@@ -413,19 +415,16 @@ def glance_page(record_dir: Path = BOOK_RECORD_DIR) -> str:
     runs = ["| chapter | CPU | CPU flags | threads | commit | finished |", "| --- | --- | --- | --- | --- | --- |"]
     sections = []
     for chapter in chapter_names():
-        path = Path(record_dir) / f"{chapter}.json"
+        record = read_record(Path(record_dir) / f"{chapter}.json")
         link = f"{{doc}}`{chapter}`"
-        if not path.exists():
+        if record is None:
             runs.append(f"| {link} | not executed yet | | | | |")
             continue
-        r = json.loads(path.read_text())
-        hw, commit = r.get("hardware", {}), (r.get("git") or {}).get("commit") or "none"
-        runs.append(f"| {link} | {hw.get('cpu', '?')} | {', '.join(hw.get('cpu_flags', []))} | "
-                    f"{hw.get('torch_threads', '?')} | `{commit[:10]}` | {(r.get('finished') or '?')[:16]} |")
-        figures = r.get("figures", {})
-        if figures:
-            rows = [f"| `{name}` | {_figure_text(f.get('value') if isinstance(f, dict) else f)} |"
-                    for name, f in figures.items()]
+        run = run_summary(record)
+        runs.append(f"| {link} | {run['cpu'] or '?'} | {', '.join(run['cpu_flags'])} | {run['threads'] or '?'} | "
+                    f"`{(run['commit'] or 'none')[:10]}` | {(run['finished'] or '?')[:16]} |")
+        if run["figures"]:
+            rows = [f"| `{name}` | {_figure_text(value)} |" for name, value in run["figures"].items()]
             sections += [f"## {link}", "", "| figure | value |", "| --- | --- |", *rows, ""]
     return "\n".join([
         "# Results at a glance", "",

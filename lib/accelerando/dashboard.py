@@ -26,27 +26,34 @@ METHOD_FIELDS = ("method", "kernel", "variant", "system", "config", "tokenizer")
 BITS = re.compile(r"\bw(\d+)a(\d+)\b")
 
 
-def find_records(dirs: list[Path] | None = None) -> list[dict]:
-    """Every readable record under `dirs` (default: the book's records and every records folder
-    under runs/), each with `_name` (book/<chapter> or runs/<set>/<chapter>) and `_path`; a file
-    that is not a record is skipped."""
+def record_paths(dirs: list[Path] | None = None) -> list[Path]:
+    """The JSON files under `dirs` (default: the book's records and every records folder under
+    runs/) that may be records, in order, each once."""
     paths = []
     for d in dirs or [BOOK_RECORD_DIR, RUNS_DIR]:
         paths += sorted(Path(d).glob("*.json")) + sorted(Path(d).glob("**/records/*.json"))
-    out = []
-    for path in dict.fromkeys(paths):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(record, dict) or "chapter" not in record:
-            continue
-        try:
-            name = str(path.resolve().relative_to(REPO_ROOT).with_suffix(""))
-        except ValueError:
-            name = str(path.with_suffix(""))
-        out.append({**record, "_name": name, "_path": str(path)})
-    return out
+    return list(dict.fromkeys(paths))
+
+
+def read_record(path: Path) -> dict | None:
+    """The record at `path` with `_name` (book/<chapter> or runs/<set>/<chapter>) and `_path`, or
+    None when the file is not (or not yet, while it is being written) a readable record."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or "chapter" not in record:
+        return None
+    try:
+        name = str(path.resolve().relative_to(REPO_ROOT).with_suffix(""))
+    except ValueError:
+        name = str(path.with_suffix(""))
+    return {**record, "_name": name, "_path": str(path)}
+
+
+def find_records(dirs: list[Path] | None = None) -> list[dict]:
+    """Every readable record under `dirs` (see `record_paths`); a file that is not a record is skipped."""
+    return [r for r in map(read_record, record_paths(dirs)) if r is not None]
 
 
 def summary(record: dict) -> dict:

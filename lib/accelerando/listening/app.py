@@ -179,20 +179,31 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
 
     @app.websocket("/ws/records")
     async def watch(socket: WebSocket):
-        """Sends {"event": "record", "name": ...} whenever a record is written or changed."""
+        """Sends {"event": "record", "name": ...} whenever a record is written or changed. Files
+        are only stat-ed each second; one whose time changed is read, and announced once it
+        parses as a record (a half-written file is looked at again the next second)."""
         await socket.accept()
 
-        def stamps() -> dict[str, float]:
-            return {r["_name"]: Path(r["_path"]).stat().st_mtime for r in records()}
+        def stamps() -> dict[Path, float]:
+            out = {}
+            for path in dashboard.record_paths(record_dirs):
+                try:
+                    out[path] = path.stat().st_mtime
+                except OSError:  # removed since it was listed
+                    pass
+            return out
 
         seen = await asyncio.to_thread(stamps)
         try:
             while True:
                 await asyncio.sleep(1.0)
-                now = await asyncio.to_thread(stamps)
-                for name in sorted(n for n, t in now.items() if seen.get(n) != t):
-                    await socket.send_json({"event": "record", "name": name})
-                seen = now
+                for path, stamp in sorted((await asyncio.to_thread(stamps)).items()):
+                    if seen.get(path) == stamp:
+                        continue
+                    record = await asyncio.to_thread(dashboard.read_record, path)
+                    if record is not None:
+                        await socket.send_json({"event": "record", "name": record["_name"]})
+                        seen[path] = stamp
         except (WebSocketDisconnect, RuntimeError):
             return
 
@@ -297,7 +308,7 @@ def create_app(experiment: Experiment | None, store: Store, stimuli_dir: str | P
             elif trial_id not in progress["choices"]:
                 raise _Bad(409, "answer the trial's question first")
         store.finish_trial(pid, trial_id)
-        if set(s.order) <= set(store.progress(pid)["done"]):
+        if set(s.order) <= {*progress["done"], trial_id}:
             store.finish(pid)
         return {"saved": True}
 

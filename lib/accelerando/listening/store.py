@@ -117,11 +117,12 @@ class Store:
         return truth == answer
 
     def finish_trial(self, pid: str, trial_id: str) -> None:
-        with self.engine.begin() as c:
-            exists = c.execute(select(trials_done.c.trial_id).where(
-                (trials_done.c.participant_id == pid) & (trials_done.c.trial_id == trial_id))).first()
-            if not exists:
+        """Mark a trial done; marking it again (a double click, a retried request) changes nothing."""
+        try:
+            with self.engine.begin() as c:
                 c.execute(insert(trials_done).values(participant_id=pid, trial_id=trial_id, done_at=time.time()))
+        except IntegrityError:  # already done: the first time stands
+            pass
 
     def finish(self, pid: str) -> None:
         with self.engine.begin() as c:
