@@ -66,9 +66,10 @@ def _stack(seed=0, **overrides):
     return torch.nn.ModuleList(LaCTLayer(config) for _ in range(2)).eval()
 
 
+@pytest.mark.parametrize("window", [8, 40])  # a window shorter and longer than the first pieces
 @torch.no_grad()
-def test_a_stream_cut_anywhere_gives_the_whole_sequence_outputs():
-    layers = _stack()
+def test_a_stream_cut_anywhere_gives_the_whole_sequence_outputs(window):
+    layers = _stack(window=window)
     x = torch.randn(2, 101, 16)  # not a multiple of the chunk
     whole = ChunkProcessor(layers)(x)
     stream = ChunkProcessor(layers)
@@ -80,7 +81,7 @@ def test_a_stream_cut_anywhere_gives_the_whole_sequence_outputs():
     assert stream.position == 101
     assert stream.states[0].fast.updates == 101 // 16  # the unfinished chunk waits
     assert stream.states[0].pending[0].shape[1] == 101 % 16
-    assert stream.states[0].keys.shape[2] == 8 - 1  # the attention keeps only its window
+    assert stream.states[0].keys.shape[2] == window - 1  # the attention keeps only its window
 
 
 @torch.no_grad()
@@ -304,3 +305,21 @@ def test_asr_training_saves_a_recogniser_and_refuses_another_character_set(tmp_p
     (tmp_path / "asr" / CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="another tokenizer"):
         load_lact_asr(tmp_path / "asr")
+
+
+@torch.no_grad()
+def test_streaming_recognition_equals_the_whole_recording():
+    from accelerando.models.lact_asr import LaCTASR, LaCTASRConfig, LogMel, StreamingRecognizer
+
+    torch.manual_seed(0)
+    model = LaCTASR(LaCTASRConfig(layers=2, dropout=0.0, layer=dict(dim=32, heads=2, window=16, ttt_heads=2, chunk=8))).eval()
+    wav = torch.randn(24000) * 0.1
+    whole = model(LogMel()(wav))[0]
+    stream = StreamingRecognizer(model)
+    pieces, start = [], 0
+    for n in (100, 399, 1, 5000, 3200, 15300):  # shorter than a window, across windows, the rest
+        pieces.append(stream.push(wav[start:start + n]))
+        start += n
+    torch.testing.assert_close(torch.cat(pieces), whole, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="causal"):
+        StreamingRecognizer(LaCTASR(LaCTASRConfig(layers=1, layer=dict(dim=32, heads=2, lookahead=2))))

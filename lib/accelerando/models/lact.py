@@ -281,8 +281,8 @@ class LaCTLayer(nn.Module):
             key_start -= state.keys.shape[2]
             k, v = torch.cat([state.keys, k], dim=2), torch.cat([state.values, v], dim=2)
         out = window_attention(q, k, v, state.position, key_start, c.window, c.lookahead)
-        keep = max(c.window - 1, 0)
-        state.keys, state.values = k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]
+        first = max(k.shape[2] - (c.window - 1), 0)  # the keys a later query can still see
+        state.keys, state.values = k[:, :, first:], v[:, :, first:]
         return self.attn_out(out.transpose(1, 2).reshape(b, n, d))
 
     def initial_fast_weights(self, batch: int) -> FastWeights:

@@ -61,9 +61,11 @@ class LogMel(nn.Module):
 
     def forward(self, wav: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
         check_speech(wav, sample_rate, self.sample_rate)
-        wav = wav[None] if wav.dim() == 1 else wav
-        frames = wav.unfold(-1, self.n_fft, self.hop) * self.window  # [B, frames, n_fft]: no centring, causal
-        power = torch.fft.rfft(frames, dim=-1).abs() ** 2
+        return self.features(wav[None] if wav.dim() == 1 else wav)
+
+    def features(self, wav: torch.Tensor) -> torch.Tensor:
+        """[B, samples] -> [B, frames, n_mels] without checks: every whole window, none centred."""
+        power = torch.fft.rfft(wav.unfold(-1, self.n_fft, self.hop) * self.window, dim=-1).abs() ** 2
         return torch.log(power @ self.filters.T + 1e-6)
 
 
@@ -115,10 +117,15 @@ class LaCTASR(nn.Module):
         self.norm = nn.RMSNorm(d)
         self.head = nn.Linear(d, len(CHARACTERS) + 1)
 
-    def encode(self, features: torch.Tensor) -> torch.Tensor:
-        # each frame normalised over its own mel bands: nothing reads a later frame
+    @staticmethod
+    def normalize(features: torch.Tensor) -> torch.Tensor:
+        """[B, frames, mels] -> [B, mels, frames], each frame normalised over its own mel bands (so
+        nothing reads a later frame)."""
         x = (features - features.mean(dim=2, keepdim=True)) / (features.std(dim=2, keepdim=True) + 1e-5)
-        x = x.transpose(1, 2)
+        return x.transpose(1, 2)
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(features)
         for conv in self.subsample:
             x = F.gelu(conv(F.pad(x, (2, 0))))  # left padding: an output never reads a later frame
         return F.dropout(x.transpose(1, 2), self.config.dropout, self.training)
@@ -140,6 +147,57 @@ class LaCTASR(nn.Module):
         """Audio (ms) an output frame waits for beyond its own 40 ms: the 25 ms feature window's
         overhang of the 10 ms hop, plus `lookahead` frames of every layer."""
         return 15.0 + 40.0 * self.config.layer["lookahead"] * self.config.layers
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------------------------
+
+
+class StreamingRecognizer:
+    """Runs a causal LaCT-ASR on audio as it arrives: `push(piece)` takes the next samples (16 kHz,
+    [samples], any length) and returns the log-probabilities [frames, C] of every output frame they
+    complete; the frames equal those of the whole recording at once. Holds the samples of an
+    unfinished feature window, the convolutions' last input frames and the layers' stream state
+    (`ChunkProcessor`): memory stays constant however long the stream."""
+
+    def __init__(self, model: LaCTASR, features: LogMel | None = None):
+        from .lact import ChunkProcessor
+
+        if model.config.layer["lookahead"]:
+            raise ValueError(f"lookahead={model.config.layer['lookahead']}: a streaming recogniser must be causal; "
+                             "train one with lookahead=0")
+        self.model, self.mel = model.eval(), features or LogMel()
+        self.samples = torch.zeros(0)
+        d = [conv.in_channels for conv in model.subsample]
+        self.conv_inputs = [torch.zeros(1, c, 2) for c in d]  # the left padding, then each conv's unread frames
+        self.layers = ChunkProcessor(model.layers)
+        self.frames_out = 0
+
+    @torch.no_grad()
+    def push(self, piece: torch.Tensor, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+        if sample_rate != self.mel.sample_rate:
+            raise ValueError(f"audio at {sample_rate} Hz; the recogniser takes {self.mel.sample_rate} Hz: resample it")
+        if piece.dim() != 1 or not torch.isfinite(piece).all():
+            raise ValueError("push mono samples [samples] with finite values")
+        self.samples = torch.cat([self.samples, piece.float()])
+        n = (len(self.samples) - self.mel.n_fft) // self.mel.hop + 1 if len(self.samples) >= self.mel.n_fft else 0
+        empty = torch.zeros(0, len(CHARACTERS) + 1)
+        if n == 0:
+            return empty
+        x = self.model.normalize(self.mel.features(self.samples[None, : (n - 1) * self.mel.hop + self.mel.n_fft]))
+        self.samples = self.samples[n * self.mel.hop:]
+        for i, conv in enumerate(self.model.subsample):
+            buffer = torch.cat([self.conv_inputs[i], x], dim=-1)
+            m = (buffer.shape[-1] - 3) // 2 + 1 if buffer.shape[-1] >= 3 else 0
+            if m == 0:
+                self.conv_inputs[i] = buffer
+                return empty
+            x = torch.nn.functional.gelu(conv(buffer[..., : 2 * (m - 1) + 3]))
+            self.conv_inputs[i] = buffer[..., 2 * m:]
+        h = self.layers(x.transpose(1, 2))
+        self.frames_out += h.shape[1]
+        return self.model.head(self.model.norm(h)).log_softmax(-1)[0]
 
 
 # ---------------------------------------------------------------------------------------------
