@@ -291,11 +291,13 @@ def test_asr_training_saves_a_recogniser_and_refuses_another_character_set(tmp_p
     texts = ["play the march", "mute the organ", "a loud waltz", "slow down"]
 
     def split():
-        return {"features": torch.randn(4, 120, 80, generator=g), "lengths": torch.tensor([120, 100, 90, 110]),
-                "targets": [torch.tensor(encode_text(t)) for t in texts], "texts": texts, "voices": ["en-us"] * 4}
+        return {"features": [torch.randn(n, 80, generator=g) for n in (120, 100, 90, 110)],
+                "targets": [torch.tensor(encode_text(t)) for t in texts], "texts": texts,
+                "voices": ["en-us", "en-us", "en-029", "en-029"]}
 
     cfg = LaCTTrainingConfig(task="asr", out=str(tmp_path / "asr"), dim=16, heads=2, layers=1, window=8, chunk=4,
-                             max_steps=2, minutes=5, batch_size=2, val_every=1, threads=1, precision="fp32")
+                             max_steps=2, minutes=5, batch_size=2, val_every=1, threads=1, precision="fp32",
+                             utterances_per_sequence=2)
     log = train_asr(cfg, data={"train": split(), "val": split()}, log_fn=lambda *a: None)
     assert log["best"]["step"] in (1, 2)
     model = load_lact_asr(tmp_path / "asr")

@@ -17,6 +17,13 @@ through the same `StableAudioPipeline` call (`stable_audio_lite.generate`).
 attends to the audio prompt (its last 4 s); model A continues it. --rerank N keeps the best of N
 candidates by CLAP-Lite score. `--model musicgen-lite-a --weights checkpoints/musicgen_lite_a_flatten`
 runs model A trained with the flattened codebook pattern.
+
+    python -m accelerando.models transcribe --model lact-asr clip.wav [--beam 8 --lm-from DIR]
+
+`lact-asr` loads the committed LaCT-ASR recogniser (or --weights DIR: a matched baseline, or one
+you trained); the audio is downmixed and resampled to 16 kHz. Greedy CTC decoding by default;
+--beam N runs prefix beam search, with a character 4-gram of a speech corpus's training
+transcripts when --lm-from names the corpus directory.
 """
 
 from __future__ import annotations
@@ -132,6 +139,35 @@ def generate_command(args) -> dict:
     return record
 
 
+LACT_ASR_CHECKPOINT = "checkpoints/lact_asr"
+
+
+def transcribe_command(args) -> dict:
+    from ..audio import AudioError, load_audio
+    from .lact_asr import SAMPLE_RATE, CharNGram, load_lact_asr, transcribe
+
+    set_threads(args.threads)
+    try:
+        model = load_lact_asr(args.weights or LACT_ASR_CHECKPOINT)
+        lm = None
+        if args.lm_from:
+            from ..data import SpeechCorpus
+
+            lm = CharNGram([u.transcript for u in SpeechCorpus(args.lm_from).filter(split="train")])
+        results = []
+        for path in args.audio:
+            wav, _ = load_audio(path, sample_rate=SAMPLE_RATE, channels=1)
+            t0 = time.perf_counter()
+            text = transcribe(model, wav[0], SAMPLE_RATE, width=args.beam, lm=lm)
+            results.append({"audio": path, "text": text, "seconds": round(wav.shape[-1] / SAMPLE_RATE, 2),
+                            "transcribe_s": round(time.perf_counter() - t0, 3)})
+    except (FileNotFoundError, ValueError, AudioError) as err:
+        raise SystemExit(f"error: {err}") from None
+    for r in results:
+        print(r["text"] if not args.json else json.dumps(r))
+    return {"model": args.model, "results": results}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m accelerando.models", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,8 +192,20 @@ def main(argv: list[str] | None = None) -> None:
                         "follow them by default; others always ignore them)")
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--out", required=True, help=".wav or .flac")
+    t = sub.add_parser("transcribe", help="speech to text")
+    t.add_argument("audio", nargs="+", help="audio files (any rate; downmixed and resampled to 16 kHz)")
+    t.add_argument("--model", choices=("lact-asr",), default="lact-asr")
+    t.add_argument("--weights", default=None, help=f"recogniser directory (default {LACT_ASR_CHECKPOINT})")
+    t.add_argument("--beam", type=int, default=1, help="prefix beam width (1: greedy)")
+    t.add_argument("--lm-from", default=None, help="a speech corpus directory whose training transcripts give a "
+                                                   "character 4-gram for the beam search")
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--json", action="store_true", help="one JSON object per file (text, seconds, time)")
     args = parser.parse_args(argv)
-    generate_command(args)
+    if args.command == "transcribe":
+        transcribe_command(args)
+    else:
+        generate_command(args)
 
 
 if __name__ == "__main__":

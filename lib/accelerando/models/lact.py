@@ -28,7 +28,7 @@ stays constant however long the stream runs). Shapes: tokens [batch, length, dim
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -327,6 +327,17 @@ class LaCTLayer(nn.Module):
         state.position += x.shape[1]
         x = x + mixed
         return x + self.mlp(self.mlp_norm(x)), state
+
+
+def matched_layer(config: LaCTConfig, window: int) -> LaCTConfig:
+    """The layer without fast weights and with attention over `window` keys, its feed-forward
+    widened by the TTT branch's parameters (a SwiGLU unit of hidden width holds 3 x dim), so that
+    the matched baselines (sliding-window, or standard with a window covering the sequence) have
+    LaCT's parameter count to within one hidden unit per layer."""
+    count = lambda c: sum(p.numel() for p in LaCTLayer(c).parameters())  # noqa: E731
+    bare = replace(config, fast_weights=False, window=window)
+    hidden = round(config.mlp_ratio * config.dim) + round((count(config) - count(bare)) / (3 * config.dim))
+    return replace(bare, mlp_ratio=hidden / config.dim)
 
 
 class ChunkProcessor:

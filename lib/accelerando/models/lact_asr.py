@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lact import LaCTConfig, LaCTLayer
+from .lact import LaCTConfig, LaCTLayer, matched_layer
 
 SAMPLE_RATE = 16_000
 CHARACTERS = " 'abcdefghijklmnopqrstuvwxyz"
@@ -147,6 +147,78 @@ class LaCTASR(nn.Module):
         """Audio (ms) an output frame waits for beyond its own 40 ms: the 25 ms feature window's
         overhang of the 10 ms hop, plus `lookahead` frames of every layer."""
         return 15.0 + 40.0 * self.config.layer["lookahead"] * self.config.layers
+
+
+def matched_baseline(config: LaCTASRConfig, window: int | None = None) -> LaCTASRConfig:
+    """`config` without fast weights, of nearly equal parameter count (`lact.matched_layer`): a
+    sliding-window transformer with `window`, or (None) a standard one (attention over all the
+    frames before each one)."""
+    return replace(config, layer=asdict(matched_layer(config.layer_config(), window or 10**9)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: features of utterances, CTC batches
+# ---------------------------------------------------------------------------------------------
+
+
+def speech_features(utterances, transform=None) -> dict:
+    """Log-mel features of speech-corpus utterances (`data.SpeechCorpus` items): "features" (a
+    [frames, n_mels] tensor each), "targets" (character ids), "texts", "voices". `transform(wav,
+    sample_rate, index)` changes the audio first (noise, for instance)."""
+    mel, out = LogMel(), {"features": [], "targets": [], "texts": [], "voices": []}
+    for i, u in enumerate(utterances):
+        wav = u.load()
+        if transform is not None:
+            wav = np.asarray(transform(wav, u.sample_rate, i), dtype=np.float32)
+        out["features"].append(mel(torch.from_numpy(wav), u.sample_rate)[0])
+        out["texts"].append(u.transcript.lower())
+        out["targets"].append(torch.tensor(encode_text(out["texts"][-1])))
+        out["voices"].append(u.voice)
+    if not out["texts"]:
+        raise ValueError("no utterances given: the split or voice filter selected none")
+    return out
+
+
+def ctc_batch(data: dict, groups: list[list[int]]) -> dict:
+    """A CTC batch of sequences, each the utterances of one group (indices into `data`, from
+    `speech_features`) back to back: features [B, frames, n_mels] zero-padded at the end, output
+    frames per sequence, targets concatenated (a group's transcripts joined by a space), their
+    lengths."""
+    space = torch.tensor([CHARACTERS.index(" ")])
+    feats, targets = [], []
+    for group in groups:
+        feats.append(torch.cat([data["features"][i] for i in group]))
+        parts = [data["targets"][i] for i in group]
+        targets.append(torch.cat([t for part in parts for t in (part, space)][:-1]))
+    return {"features": nn.utils.rnn.pad_sequence(feats, batch_first=True),
+            "frames": torch.tensor([LaCTASR.frames_out(len(f)) for f in feats]),
+            "targets": torch.cat(targets), "target_lengths": torch.tensor([len(t) for t in targets])}
+
+
+def ctc_loss(model: LaCTASR, batch: dict) -> torch.Tensor:
+    """Mean CTC loss (per sequence, each divided by its target length) of a `ctc_batch`."""
+    log_probs = model(batch["features"]).float()
+    return F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], batch["frames"], batch["target_lengths"],
+                      blank=BLANK, zero_infinity=True)
+
+
+@torch.no_grad()
+def utterance_log_probs(model: LaCTASR, features: list[torch.Tensor], context: torch.Tensor | None = None,
+                        batch: int = 16) -> list[torch.Tensor]:
+    """CTC log-probabilities [frames_out, C] of each utterance's features [frames, n_mels]; with
+    `context` [frames, n_mels], each utterance is heard right after it, in one sequence, and only
+    its own output frames are returned. A causal model is batched (padding at the end changes no
+    earlier frame); one with lookahead runs an utterance at a time."""
+    model.eval()
+    if model.config.layer["lookahead"]:
+        batch = 1
+    skip = LaCTASR.frames_out(len(context)) if context is not None else 0
+    out = []
+    for i in range(0, len(features), batch):
+        seqs = [f if context is None else torch.cat([context, f]) for f in features[i:i + batch]]
+        log_probs = model(nn.utils.rnn.pad_sequence(seqs, batch_first=True))
+        out += [row[skip:LaCTASR.frames_out(len(s))] for s, row in zip(seqs, log_probs)]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,6 +342,16 @@ def beam_decode(log_probs: torch.Tensor, width: int = 8, lm: CharNGram | None = 
         beams = dict(sorted(grown.items(), key=lambda kv: -np.logaddexp(*kv[1]))[:width])
     final = {p: np.logaddexp(*s) + lm_score(p, CharNGram.END) for p, s in beams.items()}
     return max(final, key=final.get)
+
+
+def transcribe(model: LaCTASR, wav: torch.Tensor, sample_rate: int, width: int = 1, lm: CharNGram | None = None,
+               lm_weight: float = 0.5) -> str:
+    """Text of one mono recording [samples] at 16 kHz: greedy (width 1, no lm) or prefix beam search."""
+    features = LogMel()(wav.float(), sample_rate)
+    log_probs = utterance_log_probs(model, [features[0]])[0]
+    if width == 1 and lm is None:
+        return greedy_decode(log_probs)
+    return beam_decode(log_probs, width, lm, lm_weight)
 
 
 # ---------------------------------------------------------------------------------------------

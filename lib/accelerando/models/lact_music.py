@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 from torch import nn
 
-from .lact import ChunkProcessor, LaCTConfig, LaCTLayer
+from .lact import ChunkProcessor, LaCTConfig, LaCTLayer, matched_layer
 from .patterns import PATTERNS
 
 
@@ -124,16 +124,11 @@ class LaCTMusicLM(nn.Module):
 
 
 def matched_baseline(config: LaCTMusicConfig, window: int | None = None) -> LaCTMusicConfig:
-    """The baseline of `config` without fast weights, its feed-forward widened so that its parameter
-    count is the nearest to LaCT's: a sliding-window transformer with `window`, or (None) a standard
-    one whose window covers the training context."""
-    target = LaCTMusicLM(config).num_parameters()
-    layer = config.layer_config()
+    """The baseline of `config` without fast weights, of nearly equal parameter count
+    (`lact.matched_layer`): a sliding-window transformer with `window`, or (None) a standard one
+    whose window covers the training context."""
     reach = window if window is not None else config.max_frames + config.codebooks - 1
-    narrow = replace(config, layer={**asdict(layer), "fast_weights": False, "window": reach, "mlp_ratio": 1.0})
-    per_unit = config.layers * 3 * layer.dim  # a SwiGLU's parameters per unit of hidden width
-    hidden = layer.dim + round((target - LaCTMusicLM(narrow).num_parameters()) / per_unit)
-    return replace(narrow, layer={**narrow.layer, "mlp_ratio": hidden / layer.dim})
+    return replace(config, layer=asdict(matched_layer(config.layer_config(), reach)))
 
 
 # ---------------------------------------------------------------------------------------------

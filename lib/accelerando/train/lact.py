@@ -44,6 +44,7 @@ class LaCTTrainingConfig:
     cond_dropout: float = 0.1
     # data: asr
     utterances: int = 2000
+    utterances_per_sequence: int = 4  # asr: a training sequence joins 1..this many utterances of one voice
     # model
     dim: int = 192
     heads: int = 4
@@ -150,25 +151,31 @@ def train_music(cfg: LaCTTrainingConfig, data: dict | None = None, log_fn=print,
 
 
 def speech_split(corpus, split: str) -> dict:
-    """Log-mel features (padded) [n, frames, 80], their lengths, character targets (concatenated)
-    and their lengths, and the transcripts, of one split of a speech corpus."""
-    from ..models.lact_asr import LogMel, encode_text
+    """`lact_asr.speech_features` of one split of a speech corpus."""
+    from ..models.lact_asr import speech_features
 
-    mel = LogMel()
     items = list(corpus.filter(split=split))
     if not items:
         raise ValueError(f"the speech corpus at {corpus.path} has no {split!r} utterances: build it with more")
-    feats = [mel(torch.from_numpy(u.load()), u.sample_rate)[0] for u in items]
-    texts = [u.transcript.lower() for u in items]
-    targets = [torch.tensor(encode_text(t)) for t in texts]
-    return {"features": nn.utils.rnn.pad_sequence(feats, batch_first=True),
-            "lengths": torch.tensor([f.shape[0] for f in feats]),
-            "targets": targets, "texts": texts, "voices": [u.voice for u in items]}
+    return speech_features(items)
+
+
+def same_voice_groups(voices: list[str], rng: np.random.Generator, n: int, most: int) -> list[list[int]]:
+    """`n` groups of 1..`most` distinct utterances by one voice (voices drawn by their share)."""
+    by_voice: dict[str, list[int]] = {}
+    for i, v in enumerate(voices):
+        by_voice.setdefault(v, []).append(i)
+    groups = []
+    for _ in range(n):
+        pool = by_voice[voices[int(rng.integers(len(voices)))]]
+        k = min(int(rng.integers(1, most + 1)), len(pool))
+        groups.append([int(i) for i in rng.choice(pool, size=k, replace=False)])
+    return groups
 
 
 def train_asr(cfg: LaCTTrainingConfig, data: dict | None = None, log_fn=print, command: str | None = None) -> dict:
     from ..data import SpeechConfig, build_speech_corpus
-    from ..models.lact_asr import LaCTASR, LaCTASRConfig, save_lact_asr
+    from ..models.lact_asr import LaCTASR, LaCTASRConfig, ctc_batch, ctc_loss, matched_baseline, save_lact_asr
 
     torch.set_num_threads(resolve_threads(cfg.threads))
     torch.manual_seed(cfg.seed)
@@ -180,28 +187,18 @@ def train_asr(cfg: LaCTTrainingConfig, data: dict | None = None, log_fn=print, c
         log_fn(f"speech: {len(data['train']['texts'])} train, {len(data['val']['texts'])} val utterances "
                f"in {time.perf_counter() - t0:.0f} s")
     train_set, val_set = data["train"], data["val"]
-    layer = cfg.layer()
+    acfg = LaCTASRConfig(layers=cfg.layers, dropout=cfg.dropout, layer=cfg.layer())
     if cfg.architecture != "lact":
-        layer = {**layer, "fast_weights": False, "window": cfg.window if cfg.architecture == "window" else 10**6}
-    acfg = LaCTASRConfig(layers=cfg.layers, dropout=cfg.dropout, layer=layer)
+        acfg = matched_baseline(acfg, cfg.window if cfg.architecture == "window" else None)
     model = LaCTASR(acfg).train()
-    ctc = nn.CTCLoss(blank=model.head.out_features - 1, zero_infinity=True)
-
-    def batch(split: dict, idx) -> dict:
-        lengths = split["lengths"][idx]
-        feats = split["features"][idx, : int(lengths.max())]
-        targets = [split["targets"][int(i)] for i in idx]
-        return {"features": feats, "frames": torch.tensor([LaCTASR.frames_out(int(n)) for n in lengths]),
-                "targets": torch.cat(targets), "target_lengths": torch.tensor([len(t) for t in targets])}
 
     def batches(rng: np.random.Generator):
         for _ in range(cfg.accumulate):
-            yield batch(train_set, torch.from_numpy(rng.integers(len(train_set["texts"]), size=cfg.batch_size)))
+            groups = same_voice_groups(train_set["voices"], rng, cfg.batch_size, cfg.utterances_per_sequence)
+            yield ctc_batch(train_set, groups)
 
     def loss(m: LaCTASR, b: dict) -> tuple[torch.Tensor, dict]:
-        log_probs = m(b["features"]).float()
-        value = ctc(log_probs.transpose(0, 1), b["targets"], b["frames"], b["target_lengths"])
-        return value, {}
+        return ctc_loss(m, b), {}
 
     @torch.no_grad()
     def validate(m: LaCTASR) -> float:
@@ -209,8 +206,8 @@ def train_asr(cfg: LaCTTrainingConfig, data: dict | None = None, log_fn=print, c
         was, n, total = m.training, len(val_set["texts"]), 0.0
         m.eval()
         for i in range(0, n, 32):
-            idx = torch.arange(i, min(i + 32, n))
-            total += float(loss(m, batch(val_set, idx))[0]) * len(idx)
+            groups = [[j] for j in range(i, min(i + 32, n))]
+            total += float(loss(m, ctc_batch(val_set, groups))[0]) * len(groups)
         m.train(was)
         return total / n
 
