@@ -228,3 +228,11 @@ def test_quantized_variants_leave_the_model_alone_and_name_what_they_skipped():
     assert 0 < row["full-precision share"] < 1
     with torch.no_grad():
         assert torch.isfinite(variants["w8"](data["features"][0][None])).all()
+
+
+def test_cost_by_length_times_every_system_at_every_length():
+    from accelerando.bench.asr import cost_by_length
+
+    cost = cost_by_length({"a": _model(), "b": _model(seed=1, fast_weights=False)}, seconds=(1, 2), rounds=1)
+    assert sorted(zip(cost.system, cost.audio_seconds)) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    assert (cost.latency_s_min > 0).all() and (cost.rtf == cost.latency_s_min / cost.audio_seconds).all()

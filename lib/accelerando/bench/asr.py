@@ -287,21 +287,19 @@ def _forward(model: LaCTASR, features: torch.Tensor) -> torch.Tensor:
 
 
 def cost_by_length(models: dict[str, LaCTASR], seconds=(10, 30, 60, 120, 300), rounds: int = 3) -> pd.DataFrame:
-    """Forward time (interleaved across systems at each length, min and median of `rounds`) and
-    peak resident memory above the level before the call, per system and audio length (seconds of
-    100 frames/s features, random values: cost does not depend on them)."""
-    from .measure import PeakMemory, compare
+    """Forward time per system and audio length (seconds of 100 frames/s features, random values:
+    cost does not depend on them), interleaved across systems at each length, min and median of
+    `rounds`, and the real-time factor. Memory is left out: in one long-lived process the
+    allocator reuses memory it already holds, so a resident-set peak says nothing of one call."""
+    from .measure import compare
 
     rows = []
     for s in seconds:
         features = torch.randn(1, int(s * 100), models[next(iter(models))].config.n_mels)
         calls = {name: (lambda m=m: _forward(m, features)) for name, m in models.items()}
         timed = compare(calls, rounds=rounds)
-        for name, fn in calls.items():
-            with PeakMemory() as mem:
-                fn()
-            rows.append({"system": name, "audio_seconds": s, **timed[name], "peak_delta_bytes": mem.delta_bytes,
-                         "rtf": timed[name]["latency_s_min"] / s})
+        for name in calls:
+            rows.append({"system": name, "audio_seconds": s, **timed[name], "rtf": timed[name]["latency_s_min"] / s})
     return pd.DataFrame(rows)
 
 
