@@ -154,19 +154,17 @@ def test_music_lm_generates_the_same_codes_with_and_without_its_stream_state():
 
 @torch.no_grad()
 def test_music_lm_stream_state_stays_the_same_size_however_long_it_runs():
+    from accelerando.bench.long_form import stream_state_numel
+
     model = _music()
     cache = model.new_cache()
     states, mask = torch.randn(1, 4, 8), torch.ones(1, 4, dtype=torch.long)
-
-    def size() -> int:
-        return sum(t.numel() for s in cache.states for t in
-                   [s.keys, s.values, *s.fast.w, *s.fast.moments, *(s.pending or [])] if torch.is_tensor(t))
 
     sizes = []
     for step in range(200):
         model(torch.randint(0, 16, (1, 2, 1)), states, mask, cache=cache, past_steps=step)
         if step in (63, 127, 191):  # the same place in a chunk: the unfinished chunk holds as many tokens
-            sizes.append(size())
+            sizes.append(stream_state_numel(cache))
     assert sizes[0] == sizes[1] == sizes[2]
 
 
@@ -189,6 +187,38 @@ def test_music_lm_refuses_a_chunk_longer_than_its_context_and_an_audio_prompt():
     with pytest.raises(ValueError, match="text only"):
         model(torch.zeros(1, 2, 3, dtype=torch.long), torch.zeros(1, 2, 8), torch.ones(1, 2),
               prompt_codes=torch.zeros(1, 2, 3, dtype=torch.long))
+
+
+def test_music_pipeline_generates_past_its_training_clips_and_refuses_an_audio_prompt():
+    from types import SimpleNamespace
+
+    from accelerando.models.lact_music import LaCTMusicPipeline
+
+    model = _music()  # trained (here: built) for clips of 40 frames
+    codec = SimpleNamespace(num_codebooks=2, codebook_size=16, frame_rate=10.0, sample_rate=100,
+                            decode=lambda codes: codes.float().mean(1, keepdim=True).repeat_interleave(10, -1))
+    g = torch.Generator().manual_seed(0)
+    text = SimpleNamespace(encode=lambda rows: (torch.randn(len(rows), 3, 8, generator=g),
+                                                torch.ones(len(rows), 3, dtype=torch.long)))
+    pipe = LaCTMusicPipeline(model, codec, text_encoder=text)
+    audio, info = pipe(["a march", "a waltz"], seconds=9.0, top_k=4)
+    assert info["codes"].shape == (2, 2, 90) and audio.shape == (2, 1, 900)
+    assert info["codes"].min() >= 0 and info["codes"].max() < 16
+    with pytest.raises(ValueError, match="text only"):
+        pipe(["a march"], seconds=1.0, audio_prompt=torch.zeros(1, 100), audio_prompt_sr=100)
+    for seconds in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="positive, finite"):
+            pipe(["a march"], seconds=seconds)
+
+
+def test_lact_music_command_names_missing_weights(tmp_path):
+    from accelerando.models.__main__ import main
+
+    with pytest.raises(SystemExit, match="lacks config.json"):
+        main(["generate", "--model", "lact-music", "--weights", str(tmp_path / "none"), "--prompt", "a march",
+              "--seconds", "60", "--out", str(tmp_path / "x.wav")])
+    with pytest.raises(SystemExit, match="--steps is an option of stable-audio models"):
+        main(["generate", "--model", "lact-music", "--prompt", "a march", "--steps", "10", "--out", str(tmp_path / "x.wav")])
 
 
 def _frames(rows):
@@ -325,3 +355,17 @@ def test_streaming_recognition_equals_the_whole_recording():
     torch.testing.assert_close(torch.cat(pieces), whole, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="causal"):
         StreamingRecognizer(LaCTASR(LaCTASRConfig(layers=1, layer=dict(dim=32, heads=2, lookahead=2))))
+
+
+def test_generation_cost_reports_a_stream_state_that_does_not_grow():
+    from accelerando.bench.long_form import generation_cost
+    from accelerando.models.lact_music import LaCTMusicLM, matched_baseline
+
+    lact = _music()
+    window = LaCTMusicLM(matched_baseline(lact.config, 8)).eval()
+    # 23 and 39 frames: 24 and 40 delay-pattern steps, both whole chunks of 8
+    rows = generation_cost({"lact": lact, "window": window}, seconds=(23, 39), frame_rate=1.0, rounds=1, text_dim=8)
+    assert len(rows) == 4 and (rows.latency_s_min > 0).all()
+    state = rows.pivot(index="audio_seconds", columns="system", values="state_numbers")
+    assert state.loc[23, "lact"] == state.loc[39, "lact"] and state.loc[23, "window"] == state.loc[39, "window"]
+    assert state.loc[23, "lact"] > state.loc[23, "window"]  # the fast weights are the memory the window lacks

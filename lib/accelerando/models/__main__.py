@@ -18,6 +18,11 @@ attends to the audio prompt (its last 4 s); model A continues it. --rerank N kee
 candidates by CLAP-Lite score. `--model musicgen-lite-a --weights checkpoints/musicgen_lite_a_flatten`
 runs model A trained with the flattened codebook pattern.
 
+    python -m accelerando.models generate --model lact-music --prompt "..." --seconds 60 --out z.wav
+
+`lact-music` loads the committed LaCT-Music token model (or --weights DIR: a matched baseline) and
+generates any length in constant memory (MusicGen-Lite's sampling flags; text only).
+
     python -m accelerando.models transcribe --model lact-asr clip.wav [--beam 8 --lm-from DIR]
 
 `lact-asr` loads the committed LaCT-ASR recogniser (or --weights DIR: a matched baseline, or one
@@ -61,9 +66,14 @@ MODEL_FLAGS = {
 }
 
 
+def token_model(name: str) -> bool:
+    """Is `name` a token language model (MusicGen-Lite's family) rather than a diffusion model?"""
+    return name.startswith("musicgen-lite") or name == "lact-music"
+
+
 def resolve_model_flags(args) -> None:
     """Refuse the other family's flags, then fill this family's defaults into `args`."""
-    family = "musicgen-lite" if args.model.startswith("musicgen-lite") else "stable-audio"
+    family = "musicgen-lite" if token_model(args.model) else "stable-audio"
     other = next(f for f in MODEL_FLAGS if f != family)
     wrong = [f for f in MODEL_FLAGS[other] if f not in MODEL_FLAGS[family] and getattr(args, f) is not None]
     if wrong:
@@ -75,13 +85,18 @@ def resolve_model_flags(args) -> None:
             setattr(args, flag, default)
 
 
-def musicgen_lite_command(args) -> dict:
+def token_model_command(args) -> dict:
     from ..audio import AudioError, load_audio
     from .musicgen_lite import MusicGenLitePipeline
 
     t0 = time.perf_counter()
     try:
-        pipe = MusicGenLitePipeline.from_pretrained(args.model[-1], path=args.weights)
+        if args.model == "lact-music":
+            from .lact_music import LaCTMusicPipeline
+
+            pipe = LaCTMusicPipeline.from_pretrained(args.weights)
+        else:
+            pipe = MusicGenLitePipeline.from_pretrained(args.model[-1], path=args.weights)
         prompt = load_audio(args.audio_prompt) if args.audio_prompt else (None, None)
     except (FileNotFoundError, ValueError, AudioError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -113,8 +128,8 @@ def generate_command(args) -> dict:
         raise SystemExit(f"--out {args.out}: give a .wav or .flac path")
     set_threads(args.threads)
     resolve_model_flags(args)
-    if args.model.startswith("musicgen-lite"):
-        return musicgen_lite_command(args)
+    if token_model(args.model):
+        return token_model_command(args)
     t0 = time.perf_counter()
     try:
         pipe = build_pipeline(args)
@@ -172,11 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m accelerando.models", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="text to audio")
-    g.add_argument("--model", choices=("stable-audio-lite", "stable-audio", "musicgen-lite-a", "musicgen-lite-b"),
-                   default="stable-audio-lite")
+    g.add_argument("--model", choices=("stable-audio-lite", "stable-audio", "musicgen-lite-a", "musicgen-lite-b",
+                                       "lact-music"), default="stable-audio-lite")
     g.add_argument("--preset", choices=("full", "small", "tiny"), default=None, help="stable-audio size (random weights; default full)")
     g.add_argument("--weights", default=None,
-                   help="checkpoint directory (Lite DiT, MusicGen-Lite, or a local Stable Audio Open copy)")
+                   help="checkpoint directory (Lite DiT, MusicGen-Lite, LaCT-Music or a local Stable Audio Open copy)")
     g.add_argument("--autoencoder", default=None, help="Lite autoencoder directory (default: the committed one)")
     g.add_argument("--prompt", required=True)
     g.add_argument("--seconds", type=float, default=8.0)

@@ -19,13 +19,14 @@ else (`matched_baseline` sizes their feed-forward so the parameter counts match)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import nn
 
 from .lact import ChunkProcessor, LaCTConfig, LaCTLayer, matched_layer
-from .patterns import PATTERNS
+from .musicgen_lite import MusicGenLitePipeline
 
 
 @dataclass
@@ -176,3 +177,52 @@ def load_lact_music(path, codec=None) -> LaCTMusicLM:
     model = LaCTMusicLM(LaCTMusicConfig.from_dict(meta["config"]))
     load_checked(model, path / WEIGHTS_FILE, fix)
     return model.float().eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Text to audio of any length
+# ---------------------------------------------------------------------------------------------
+
+CHECKPOINT_NAME = "lact_music"
+
+
+class LaCTMusicPipeline(MusicGenLitePipeline):
+    """prompts -> MiniLM states -> LaCT-Music codes -> audio through Codec-Lite, of any length.
+
+        pipe = LaCTMusicPipeline.from_pretrained()
+        audio, info = pipe(["a slow folk song in G major for strings"], seconds=60)
+        # audio [B, 1, samples] at pipe.sample_rate
+
+    MusicGen-Lite's pipeline (sampling, guidance, CLAP-Lite reranking) without its bound on length:
+    the stream state is of fixed size, so a piece may run past the training clips (how well it
+    holds together there is what the long-form measurements ask). Text only: no audio prompt.
+    """
+
+    @classmethod
+    def from_pretrained(cls, path=None, codec_path=None, autoencoder_path=None, clap_path=None
+                        ) -> LaCTMusicPipeline:
+        """The committed LaCT-Music checkpoint (or the given directory: a matched baseline too)."""
+        from ..checkpoint import CHECKPOINTS
+        from .codec_lite import load_codec_lite
+
+        path = path or CHECKPOINTS / CHECKPOINT_NAME
+        codec_path = codec_path or CHECKPOINTS / "codec_lite"
+        codec = load_codec_lite(codec_path, autoencoder_path)
+        pipe = cls(load_lact_music(path, codec_path), codec)
+        pipe._clap_path = clap_path or CHECKPOINTS / "clap_lite"
+        return pipe
+
+    @property
+    def max_seconds(self) -> float:
+        return math.inf
+
+    @torch.no_grad()
+    def __call__(self, prompts, seconds: float = 8.0, audio_prompt: torch.Tensor | None = None, **kwargs
+                 ) -> tuple[torch.Tensor, dict]:
+        """Audio [B, 1, samples] of `seconds` (> 0, any length) for each prompt, and info; the
+        keywords are `MusicGenLitePipeline.__call__`'s."""
+        if audio_prompt is not None:
+            raise ValueError("LaCT-Music takes text only: generate without an audio prompt")
+        if not 0 < seconds < math.inf:
+            raise ValueError(f"seconds={seconds}: ask for a positive, finite length")
+        return super().__call__(prompts, seconds, **kwargs)

@@ -2,7 +2,7 @@
 eSpeak NG speech corpus.
 
     python -m accelerando.train.lact --task music --architecture lact --out checkpoints/lact_music
-    python -m accelerando.train.lact --task music --architecture window --out checkpoints/window_music
+    python -m accelerando.train.lact --task music --architecture window --out checkpoints/lact_music_window
     python -m accelerando.train.lact --task asr --architecture lact --out checkpoints/lact_asr
 
 `--architecture` picks the model: "lact" (window attention + fast weights), "window" (the same
